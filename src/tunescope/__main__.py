@@ -1,0 +1,7 @@
+"""``python -m tunescope`` = the ``tunescope`` command."""
+
+import sys
+
+from tunescope.cli.main import main
+
+sys.exit(main())

