@@ -41,8 +41,16 @@ def bare_loop(encoder, texts, batch_size, max_length, device):
     lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=max_length)["input_ids"]]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     batches = [
-        {k: v.to(device) for k, v in tok([texts[i] for i in order[s : s + batch_size]], padding=True,
-                                         truncation=True, max_length=max_length, return_tensors="pt").items()}
+        {
+            k: v.to(device)
+            for k, v in tok(
+                [texts[i] for i in order[s : s + batch_size]],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).items()
+        }
         for s in range(0, len(texts), batch_size)
     ]
 
@@ -69,30 +77,73 @@ def main() -> None:
     texts = get_task("movie-sentiment").load("train", limit=256 if args.quick else 2000).texts
     run_bare, _ = bare_loop(encoder, texts, batch_size, max_length, device)
     bare = timed(run_bare, repeats=repeats)
-    ours = timed(lambda: extract(encoder, texts, pooling="mean", batch_size=batch_size, max_length=max_length,
-                                 progress=False), repeats=repeats)
-    rows.append({"benchmark": f"all-layer mean extraction vs bare forward ({len(texts)} movie snippets)",
-                 "tunescope_s": ours, "baseline_s": bare, "ratio": ours / bare, "goal": "<= 1.10"})
+    ours = timed(
+        lambda: extract(
+            encoder, texts, pooling="mean", batch_size=batch_size, max_length=max_length, progress=False
+        ),
+        repeats=repeats,
+    )
+    rows.append(
+        {
+            "benchmark": f"all-layer mean extraction vs bare forward ({len(texts)} movie snippets)",
+            "tunescope_s": ours,
+            "baseline_s": bare,
+            "ratio": ours / bare,
+            "goal": "<= 1.10",
+        }
+    )
 
     # 2. bucketing on skewed lengths
     words = " ".join(get_task("movie-sentiment").load("train").texts).split()
     corpus = skewed_corpus(words, 300 if args.quick else 2000)
-    sorted_s = timed(lambda: extract(encoder, corpus, pooling="mean", batch_size=batch_size,
-                                     max_length=max_length, progress=False), repeats=repeats)
-    arrival_s = timed(lambda: extract(encoder, corpus, pooling="mean", batch_size=batch_size, max_length=max_length,
-                                      sort_by_length=False, progress=False), repeats=1, warmup=0)
+    sorted_s = timed(
+        lambda: extract(
+            encoder, corpus, pooling="mean", batch_size=batch_size, max_length=max_length, progress=False
+        ),
+        repeats=repeats,
+    )
+    arrival_s = timed(
+        lambda: extract(
+            encoder,
+            corpus,
+            pooling="mean",
+            batch_size=batch_size,
+            max_length=max_length,
+            sort_by_length=False,
+            progress=False,
+        ),
+        repeats=1,
+        warmup=0,
+    )
     _, lengths = bare_loop(encoder, corpus[:1], 1, max_length, device)
-    lengths = [len(ids) for ids in encoder.tokenizer(corpus, truncation=True, max_length=max_length)["input_ids"]]
+    lengths = [
+        len(ids) for ids in encoder.tokenizer(corpus, truncation=True, max_length=max_length)["input_ids"]
+    ]
     rate = matmul_rate(torch.float32, str(device))
     floor = forward_flops(encoder.model.config, sum(lengths), sum(n * n for n in lengths)) / rate
-    rows.append({"benchmark": f"length-bucketed vs arrival order ({len(corpus)} log-normal texts)",
-                 "tunescope_s": sorted_s, "baseline_s": arrival_s, "ratio": arrival_s / sorted_s, "goal": ">= 2.5x"})
-    rows.append({"benchmark": "bucketed extraction vs matmul floor (real tokens / measured float32 rate)",
-                 "tunescope_s": sorted_s, "baseline_s": floor, "ratio": floor / sorted_s,
-                 "goal": "share of floor"})
+    rows.append(
+        {
+            "benchmark": f"length-bucketed vs arrival order ({len(corpus)} log-normal texts)",
+            "tunescope_s": sorted_s,
+            "baseline_s": arrival_s,
+            "ratio": arrival_s / sorted_s,
+            "goal": ">= 2.5x",
+        }
+    )
+    rows.append(
+        {
+            "benchmark": "bucketed extraction vs matmul floor (real tokens / measured float32 rate)",
+            "tunescope_s": sorted_s,
+            "baseline_s": floor,
+            "ratio": floor / sorted_s,
+            "goal": "share of floor",
+        }
+    )
     print(markdown_table(rows))
-    print(f"\nmatmul rate {rate / 1e9:.1f} GFLOP/s ({device}); tokens {sum(lengths):,}; "
-          f"path {save('extract', {'rows': rows, 'matmul_gflops': rate / 1e9, 'device': str(device)})}")
+    print(
+        f"\nmatmul rate {rate / 1e9:.1f} GFLOP/s ({device}); tokens {sum(lengths):,}; "
+        f"path {save('extract', {'rows': rows, 'matmul_gflops': rate / 1e9, 'device': str(device)})}"
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,22 @@ def _one_line_error(capsys, code, expected_words):
 
 def test_extract_task_to_file(tmp_path, tiny_folder, capsys):
     out = tmp_path / "reps.safetensors"
-    code = main(["extract", tiny_folder, "--task", "movie-sentiment", "--limit", "20", "--pooling", "mean",
-                 "--out", str(out), "--device", "cpu"])
+    code = main(
+        [
+            "extract",
+            tiny_folder,
+            "--task",
+            "movie-sentiment",
+            "--limit",
+            "20",
+            "--pooling",
+            "mean",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     reps = Representations.load(out)
     assert reps.n_rows == 20 and reps.pooling == "mean" and reps.meta["task"] == "movie-sentiment"
@@ -42,8 +56,24 @@ def test_extract_user_file_tokens(tmp_path, tiny_folder, capsys):
     data = tmp_path / "mine.csv"
     data.write_text("sentence,label\nhello there world,pos\nthis is bad,neg\n", encoding="utf-8")
     out = tmp_path / "tok.safetensors"
-    code = main(["extract", tiny_folder, "--data", str(data), "--text", "sentence", "--label", "label",
-                 "--pooling", "tokens", "--layers", "0,2", "--out", str(out)])
+    code = main(
+        [
+            "extract",
+            tiny_folder,
+            "--data",
+            str(data),
+            "--text",
+            "sentence",
+            "--label",
+            "label",
+            "--pooling",
+            "tokens",
+            "--layers",
+            "0,2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     reps = Representations.load(out)
     assert reps.layers == (0, 2) and reps.n_rows == 6

@@ -77,8 +77,15 @@ def test_token_pooling_aligns_words(word_pooling):
     encoder = tiny_model("bert")
     words = [t.split() for t in TEXTS]
     word_labels = [[len(w) % 3 for w in ws] for ws in words]
-    reps = extract(encoder, TEXTS, pooling="tokens", word_pooling=word_pooling, word_labels=word_labels,
-                   batch_size=3, progress=False)
+    reps = extract(
+        encoder,
+        TEXTS,
+        pooling="tokens",
+        word_pooling=word_pooling,
+        word_labels=word_labels,
+        batch_size=3,
+        progress=False,
+    )
     assert reps.n_rows == sum(len(w) for w in words)
     np.testing.assert_array_equal(reps.labels, np.concatenate([np.array(x) for x in word_labels]))
     # by hand: one example at a time, tokenizer word ids

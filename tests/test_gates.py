@@ -221,3 +221,18 @@ def test_minilm_gates(minilm: Encoder, texts: list[str]) -> None:
     with mask_heads(minilm, [(layer, 0) for layer in range(1, 7)]):
         assert not torch.allclose(_out(minilm, batch), reference, atol=1e-4)
     torch.testing.assert_close(_out(minilm, batch), reference, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_gates_follow_the_cuda_device_and_bf16(texts: list[str]) -> None:
+    enc = tiny_model("albert", task="classifier")
+    model: torch.nn.Module = enc.model
+    model.to(device="cuda", dtype=torch.bfloat16)
+    batch = {k: v.cuda() for k, v in _batch(enc, texts).items()}
+    gates = torch.ones(enc.num_layers, enc.num_heads, requires_grad=True)  # float32, on the CPU
+    with HeadGates(enc, gates):
+        logits = enc.model(**batch).logits
+    assert logits.dtype == torch.bfloat16 and logits.device.type == "cuda"
+    logits.float().pow(2).sum().backward()
+    assert gates.grad is not None and gates.grad.device.type == "cpu"
+    assert (gates.grad != 0).any()

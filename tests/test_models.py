@@ -253,6 +253,9 @@ def test_load_options(tmp_path: pathlib.Path) -> None:
         load_encoder(folder, dtype="float8")
     with pytest.raises(InputError, match="unknown device"):
         load_encoder(folder, device="gpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            load_encoder(folder, device="cuda")
 
 
 def test_load_classifier_num_labels_and_problem_type(tmp_path: pathlib.Path) -> None:
@@ -286,6 +289,18 @@ def test_hub_id_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path)
     assert "\n" not in str(info.value)
     with pytest.raises(OfflineModelError):
         load_classifier("nonexistent-model-xyz", num_labels=2)
+
+
+def test_hub_library_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    """Offline set only inside huggingface_hub (env var read at its import): still one clear error."""
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OfflineModelError, match="local folder path"):
+        load_encoder("nonexistent-org/nonexistent-model-xyz")
 
 
 def test_folder_without_config(tmp_path: pathlib.Path) -> None:
@@ -368,3 +383,20 @@ def test_minilm_forward(minilm: Encoder, texts: list[str]) -> None:
     out = minilm.model(**_batch(minilm, texts), output_hidden_states=True)
     assert len(out.hidden_states) == 7
     assert out.last_hidden_state.shape[-1] == 384
+
+
+def test_adapter_sees_through_a_peft_wrapper(texts: list[str]) -> None:
+    peft = pytest.importorskip("peft")
+    from tunescope.models import HeadGates
+
+    enc = tiny_model("bert", task="classifier")
+    config = peft.LoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS")
+    wrapped = peft.get_peft_model(enc.model, config)
+    adapter = get_adapter(wrapped)
+    assert adapter.base_model(wrapped) is enc.model.base_model
+    assert len(adapter.layers(wrapped)) == 2
+    assert adapter.classifier_head(wrapped) is not None
+    batch = _batch(enc, texts)
+    reference = wrapped(**batch).logits
+    with HeadGates(wrapped, torch.zeros(2, 4)):
+        assert not torch.allclose(wrapped(**batch).logits, reference)

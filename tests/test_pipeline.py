@@ -45,7 +45,7 @@ def test_analyze_writes_run_folder(tmp_path, tiny_folder):
     assert diagonal == pytest.approx([1.0] * 4)
     html = (root / "report.html").read_text()
     assert "Layer similarity" in html and "data:image/png;base64," in html
-    assert "<img src=\"figures" not in html  # self-contained
+    assert '<img src="figures' not in html  # self-contained
     assert list((root / "figures").glob("*.png"))
     assert not list(root.rglob("*.tmp"))
 
@@ -58,7 +58,9 @@ def test_rerun_skips_done_stages_and_report_rebuilds_from_tables(tmp_path, tiny_
         raise AssertionError("stage ran twice")
 
     for name, stage in list(STAGES.items()):
-        monkeypatch.setitem(STAGES, name, type(stage)(name, stage.title, boom, stage.requires, stage.description))
+        monkeypatch.setitem(
+            STAGES, name, type(stage)(name, stage.title, boom, stage.requires, stage.description)
+        )
     analyze(_config(tmp_path, tiny_folder), progress=False, report=False)
     after = json.loads((root / "manifest.json").read_text())["stages"]
     assert before == after

@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -77,7 +77,9 @@ class Representations(Mapping[int, torch.Tensor]):
         try:
             return self.tensors[layer]
         except KeyError:
-            raise InputError(f"layer {layer} was not extracted; available layers: {list(self.layers)}") from None
+            raise InputError(
+                f"layer {layer} was not extracted; available layers: {list(self.layers)}"
+            ) from None
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.layers)
@@ -94,6 +96,16 @@ class Representations(Mapping[int, torch.Tensor]):
     def n_rows(self) -> int:
         """Number of rows (examples, or words for ``tokens``)."""
         return next(iter(self.tensors.values())).shape[0] if self.tensors else 0
+
+    def constant_layers(self) -> tuple[int, ...]:
+        """Layers whose rows are all the same vector (e.g. layer 0 under ``cls`` pooling, where every text
+        starts with the same token at the same position): similarity and variance are undefined there."""
+        return tuple(layer for layer, t in self.tensors.items() if t.shape[0] > 1 and bool((t == t[0]).all()))
+
+    def select(self, layers: Sequence[int]) -> Representations:
+        """A view with only ``layers`` (same rows, labels and provenance)."""
+        tensors = {layer: self[layer] for layer in layers}
+        return Representations(tensors, self.pooling, self.labels, self.example_index, self.word_index, self.meta)
 
     def stack(self) -> torch.Tensor:
         """All layers as one (n_layers, n_rows, d_model) tensor, layers ascending."""
@@ -125,7 +137,9 @@ class Representations(Mapping[int, torch.Tensor]):
                 metadata = dict(handle.metadata() or {})
             tensors = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
-            raise CacheError(f"cannot read representations from {path}: {err}; delete it and extract again") from err
+            raise CacheError(
+                f"cannot read representations from {path}: {err}; delete it and extract again"
+            ) from err
         layers = {int(k.split(".")[1]): v for k, v in tensors.items() if k.startswith("layer.")}
         labels = tensors["labels"].numpy() if "labels" in tensors else None
         if labels is not None and "label_names" in metadata:
@@ -192,7 +206,8 @@ def extract(
 
     Example:
         >>> from tunescope.testing.tiny import tiny_model
-        >>> reps = extract(tiny_model("bert"), ["a short text", "another one"], pooling="mean", progress=False)
+        >>> encoder = tiny_model("bert")
+        >>> reps = extract(encoder, ["a short text", "another one"], pooling="mean", progress=False)
         >>> reps.layers, tuple(reps[2].shape)
         ((0, 1, 2), (2, 32))
     """
@@ -203,19 +218,20 @@ def extract(
     if batch_size < 1 or shard_size < 1:
         raise InputError(f"batch_size and shard_size must be positive (got {batch_size}, {shard_size})")
     texts, text_pairs, labels = _unpack(texts, text_pairs, labels)
+    word_lists: list[list[str]] | None = None
     if pooling == "tokens":
-        words = [list(w) for w in words] if words is not None else [t.split() for t in texts]
-        _check_words(words, word_labels, texts)
+        word_lists = [list(w) for w in words] if words is not None else [t.split() for t in texts]
+        _check_words(word_lists, word_labels, texts)
     elif words is not None or word_labels is not None:
         raise InputError("words/word_labels are only used with pooling='tokens'")
 
     model = encoder.model
     if device is not None:
-        model.to(device)
+        torch.nn.Module.to(model, torch.device(device))
     n_layers = encoder.num_layers
     wanted = _check_layers(layers, n_layers)
     limit = _max_length(encoder, max_length)
-    items = _tokenize(encoder, texts, text_pairs, words if pooling == "tokens" else None, limit)
+    items = _tokenize(encoder, texts, text_pairs, word_lists, limit)
 
     # longest first: a batch that does not fit in memory fails at once, not at the end
     order = list(range(len(items)))
@@ -229,7 +245,9 @@ def extract(
         "dtype": str(dtype).removeprefix("torch."),
         "sorted": str(sort_by_length),
     }
-    key = _cache_key(encoder.fingerprint, _data_hash(texts, text_pairs, words if pooling == "tokens" else None), options)
+    key = _cache_key(
+        encoder.fingerprint, _data_hash(texts, text_pairs, word_lists), options
+    )
     shards = [order[s : s + shard_size] for s in range(0, len(order), shard_size)]
     cache = _ShardCache(Path(cache_dir) / key[:24], key, len(shards)) if cache_dir is not None else None
 
@@ -256,8 +274,15 @@ def extract(
                 hidden = base(**inputs, output_hidden_states=True, return_dict=True).hidden_states
                 if len(hidden) != n_layers + 1:
                     raise InputError(f"model returned {len(hidden)} hidden states, expected {n_layers + 1}")
-                pooled = _pool(hidden, wanted, inputs["attention_mask"], pooling, word_pooling,
-                               [items[i] for i in batch_ids], dtype)
+                pooled = _pool(
+                    hidden,
+                    wanted,
+                    inputs["attention_mask"],
+                    pooling,
+                    word_pooling,
+                    [items[i] for i in batch_ids],
+                    dtype,
+                )
                 batch_order = torch.tensor(batch_ids, dtype=torch.int64)
                 if pooling == "tokens":  # batch-local positions -> example ids
                     pooled["example_index"] = batch_order[pooled.pop("batch_pos")]
@@ -286,11 +311,12 @@ def extract(
 def _unpack(
     texts: Sequence[str] | Examples, text_pairs: Sequence[str] | None, labels: Any
 ) -> tuple[list[str], list[str] | None, np.ndarray | None]:
-    if not isinstance(texts, (list, tuple)) and hasattr(texts, "texts"):  # an Examples
-        examples = texts
-        text_pairs = examples.text_pairs if text_pairs is None else text_pairs
-        labels = examples.labels if labels is None else labels
-        texts = examples.texts
+    from tunescope.data import Examples
+
+    if isinstance(texts, Examples):
+        text_pairs = texts.text_pairs if text_pairs is None else text_pairs
+        labels = texts.labels if labels is None else labels
+        texts = texts.texts
     if isinstance(texts, str):
         raise InputError("texts must be a list of strings, not one string; wrap it: [text]")
     texts = list(texts)
@@ -309,7 +335,9 @@ def _unpack(
     return texts, text_pairs, label_array
 
 
-def _check_words(words: list[list[str]], word_labels: Sequence[Sequence[Any]] | None, texts: list[str]) -> None:
+def _check_words(
+    words: list[list[str]], word_labels: Sequence[Sequence[Any]] | None, texts: list[str]
+) -> None:
     if len(words) != len(texts):
         raise InputError(f"{len(words)} word lists for {len(texts)} texts: give one word list per text")
     if word_labels is None:
@@ -369,7 +397,8 @@ def _tokenize(
         max_length=max_length,
         padding=False,
     )
-    vocab = encoder.model.get_input_embeddings().num_embeddings
+    embeddings = cast(torch.nn.Embedding, encoder.model.get_input_embeddings())
+    vocab = int(embeddings.weight.shape[0])
     top = max((max(ids) for ids in enc["input_ids"] if ids), default=0)
     if top >= vocab:
         raise TokenizerMismatchError(
@@ -383,7 +412,9 @@ def _tokenize(
         n_words = 0
         if words is not None:
             word_of_token, n_words = _word_numbers(enc, i, len(words[i]))
-        items.append(_Tokenized(list(ids), None if type_ids is None else list(type_ids[i]), word_of_token, n_words))
+        items.append(
+            _Tokenized(list(ids), None if type_ids is None else list(type_ids[i]), word_of_token, n_words)
+        )
     return items
 
 
@@ -458,7 +489,10 @@ def _pool(
 
 
 def _pool_words(
-    hidden: tuple[torch.Tensor, ...], layers: list[int], items: list[_Tokenized], word_pooling: str,
+    hidden: tuple[torch.Tensor, ...],
+    layers: list[int],
+    items: list[_Tokenized],
+    word_pooling: str,
     dtype: torch.dtype,
 ) -> dict[str, torch.Tensor]:
     """Gather one row per word: the first sub-token's vector, or the mean over its sub-tokens."""
@@ -540,7 +574,9 @@ def _data_hash(texts: list[str], pairs: list[str] | None, words: list[list[str]]
 
 
 def _cache_key(fingerprint: str, data_hash: str, options: dict[str, str]) -> str:
-    payload = json.dumps({"v": _CACHE_VERSION, "model": fingerprint, "data": data_hash, **options}, sort_keys=True)
+    payload = json.dumps(
+        {"v": _CACHE_VERSION, "model": fingerprint, "data": data_hash, **options}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -37,7 +37,9 @@ def layer_statistics(x: torch.Tensor) -> dict[str, float]:
         (1.5, 0.0)
     """
     if x.ndim != 2:
-        raise MeasureError(f"layer statistics need a 2-D (n_examples, d_model) tensor, got shape {tuple(x.shape)}")
+        raise MeasureError(
+            f"layer statistics need a 2-D (n_examples, d_model) tensor, got shape {tuple(x.shape)}"
+        )
     n = x.shape[0]
     if n < 2:
         raise MeasureError(f"layer statistics need at least 2 examples, got {n}")

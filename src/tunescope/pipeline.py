@@ -82,7 +82,7 @@ class AnalyzeConfig:
     data_dir: str | None = None
     split: str = "validation"
     limit: int | None = 1000
-    pooling: str = "cls"
+    pooling: str = "mean"
     batch_size: int = 32
     max_length: int | None = 128
     device: str = "auto"
@@ -133,7 +133,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA device is available; use --device cpu or auto")
+        raise InputError(
+            "--device cuda was asked for but no CUDA device is available; use --device cpu or auto"
+        )
     try:
         return torch.device(device)
     except RuntimeError:
@@ -151,6 +153,11 @@ class RunContext:
         self._encoders: dict[str, Encoder] = {}
         self._reps: dict[tuple[str, str, str], Representations] = {}
         self._examples: dict[str, Examples] = {}
+        self.notes: dict[str, None] = {}  # ordered set of remarks for the report
+
+    def note(self, text: str) -> None:
+        """Record a remark about the run (shown at the top of the report)."""
+        self.notes[text] = None
 
     @property
     def results_dir(self) -> Path:
@@ -185,11 +192,20 @@ class RunContext:
         """Examples of the run's task (the analysis split by default), limited to ``config.limit``."""
         split = split or self.config.split
         if split not in self._examples:
-            self._examples[split] = self.task.load(split, data_dir=self.config.data_dir, limit=self.config.limit)
+            self._examples[split] = self.task.load(
+                split, data_dir=self.config.data_dir, limit=self.config.limit
+            )
         return self._examples[split]
 
-    def representations(self, which: str = "base", split: str | None = None, pooling: str | None = None) -> Representations:
-        """Every layer of ``which`` model on ``split``, extracted once per run (and cached on disk)."""
+    def representations(
+        self, which: str = "base", split: str | None = None, pooling: str | None = None, *, drop_constant: bool = True
+    ) -> Representations:
+        """Every layer of ``which`` model on ``split``, extracted once per run (and cached on disk).
+
+        With ``drop_constant`` (the default), layers that give the same vector for every input (layer 0
+        under ``cls`` pooling) are left out, since similarity and variance are undefined there; a note
+        says so in the report.
+        """
         from tunescope.extract import extract
 
         split = split or self.config.split
@@ -205,14 +221,24 @@ class RunContext:
                 cache_dir=self.cache_dir,
                 progress=self.progress,
             )
-        return self._reps[key]
+        reps = self._reps[key]
+        constant = reps.constant_layers() if drop_constant else ()
+        if constant:
+            self.note(
+                f"{which} model: layer(s) {', '.join(map(str, constant))} give the same vector for every input "
+                f"under {pooling} pooling, so they are left out of the analyses."
+            )
+            reps = reps.select([layer for layer in reps.layers if layer not in constant])
+        return reps
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     """The manifest of a run folder."""
     path = Path(run_dir) / MANIFEST
     if not path.exists():
-        raise InputError(f"{run_dir} is not a tunescope run folder (no {MANIFEST}); run `tunescope analyze --out DIR`")
+        raise InputError(
+            f"{run_dir} is not a tunescope run folder (no {MANIFEST}); run `tunescope analyze --out DIR`"
+        )
     try:
         manifest: dict[str, Any] = json.loads(path.read_text())
     except ValueError as err:
@@ -247,7 +273,11 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
     for name in names:
         stage = STAGES[name]
         record = manifest["stages"].get(name, {})
-        if record.get("status") == "done" and record.get("config") == config.digest() and _outputs_exist(root, record):
+        if (
+            record.get("status") == "done"
+            and record.get("config") == config.digest()
+            and _outputs_exist(root, record)
+        ):
             logger.info("stage %s already done; skipping", name)
             continue
         missing = [r for r in stage.requires if manifest["stages"].get(r, {}).get("status") != "done"]
@@ -266,7 +296,9 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
             "seconds": round(time.perf_counter() - start, 3),
             "outputs": [f"results/{t.name}.csv" for t in tables],
         }
-        manifest["models"] = {k: _model_record(v) for k, v in ctx._encoders.items()} or manifest.get("models", {})
+        manifest["models"] = {k: _model_record(v) for k, v in ctx._encoders.items()} or manifest.get(
+            "models", {}
+        )
         manifest["updated"] = _now()
         write_json(root / MANIFEST, manifest)
     if report:
@@ -304,6 +336,7 @@ def _start_manifest(root: Path, config: AnalyzeConfig) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "device": str(resolve_device(config.device))},
         "models": previous.get("models", {}) if stages else {},
         "stages": stages,
+        "notes": previous.get("notes", []) if stages else [],
     }
     write_json(path, manifest)
     return manifest
@@ -319,4 +352,3 @@ def _model_record(encoder: Encoder) -> dict[str, Any]:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-

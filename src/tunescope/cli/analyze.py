@@ -11,13 +11,15 @@ from tunescope.cli import _options as opt
 
 
 def analyze(
-    model: Annotated[str | None, typer.Argument(help="Pre-trained model (default: the embedded model).")] = None,
+    model: Annotated[
+        str | None, typer.Argument(help="Pre-trained model (default: the embedded model).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")] = Path("runs/latest"),
     task: Annotated[str, typer.Option("--task", "-t", help="Task name.")] = "movie-sentiment",
     tuned: Annotated[str | None, typer.Option("--tuned", help="Fine-tuned model to compare with.")] = None,
     split: opt.Split = "validation",
     limit: Annotated[int | None, typer.Option("--limit", help="Examples analysed (0 = all).")] = 1000,
-    pooling: Annotated[str, typer.Option("--pooling", help="cls or mean.")] = "cls",
+    pooling: Annotated[str, typer.Option("--pooling", help="mean or cls.")] = "mean",
     data_dir: opt.DataDir = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stages to run.")] = None,
@@ -33,7 +35,7 @@ def analyze(
 
         tunescope analyze --out runs/demo
 
-        tunescope analyze bert-base-uncased --tuned runs/sst2/model --task sst2 --data-dir glue/ --out runs/sst2
+        tunescope analyze bert-base-uncased --tuned my-sst2-model --task sst2 --data-dir glue/ --out runs/sst2
     """
     from tunescope.errors import UnknownNameError
     from tunescope.extract import POOLINGS
@@ -43,8 +45,17 @@ def analyze(
     if pooling not in POOLINGS or pooling == "tokens":
         raise UnknownNameError("sentence pooling", pooling, [p for p in POOLINGS if p != "tokens"])
     config = AnalyzeConfig(
-        out=out, model=model, tuned=tuned, task=task, data_dir=str(data_dir) if data_dir else None, split=split,
-        limit=limit or None, pooling=pooling, batch_size=batch_size, device=device, seed=seed,
+        out=out,
+        model=model,
+        tuned=tuned,
+        task=task,
+        data_dir=str(data_dir) if data_dir else None,
+        split=split,
+        limit=limit or None,
+        pooling=pooling,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
         stages=tuple(s.strip() for s in stages.split(",")) if stages else None,
     )
     root = run_analyze(config)

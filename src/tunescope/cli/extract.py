@@ -11,12 +11,20 @@ from tunescope.cli import _options as opt
 
 
 def extract(
-    model: Annotated[str | None, typer.Argument(help="Model folder or hub id (default: the embedded model).")] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")] = Path("reps.safetensors"),
+    model: Annotated[
+        str | None, typer.Argument(help="Model folder or hub id (default: the embedded model).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors file.")] = Path(
+        "reps.safetensors"
+    ),
     task: opt.Task = None,
     pooling: Annotated[str, typer.Option("--pooling", help="cls, mean or tokens.")] = "cls",
-    word_pooling: Annotated[str, typer.Option("--word-pooling", help="first or mean sub-token (tokens).")] = "first",
-    layers: Annotated[str | None, typer.Option("--layers", help="Comma-separated layers, e.g. 0,3,6.")] = None,
+    word_pooling: Annotated[
+        str, typer.Option("--word-pooling", help="first or mean sub-token (tokens).")
+    ] = "first",
+    layers: Annotated[
+        str | None, typer.Option("--layers", help="Comma-separated layers, e.g. 0,3,6.")
+    ] = None,
     split: opt.Split = "validation",
     limit: opt.Limit = None,
     data_dir: opt.DataDir = None,
@@ -55,14 +63,25 @@ def extract(
     except ValueError:
         raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from None
     torch.manual_seed(seed)
-    examples = opt.load_examples(task, data, text=text, text_pair=text_pair, label=label, split=split,
-                                 data_dir=data_dir, limit=limit)
+    examples = opt.load_examples(
+        task, data, text=text, text_pair=text_pair, label=label, split=split, data_dir=data_dir, limit=limit
+    )
     encoder = load_encoder(model, device=str(resolve_device(device)))
-    reps = run_extract(encoder, examples, pooling=pooling, word_pooling=word_pooling, layers=wanted,
-                       batch_size=batch_size, max_length=max_length, cache_dir=cache_dir)
+    reps = run_extract(
+        encoder,
+        examples,
+        pooling=pooling,
+        word_pooling=word_pooling,
+        layers=wanted,
+        batch_size=batch_size,
+        max_length=max_length,
+        cache_dir=cache_dir,
+    )
     reps.meta.update({"task": examples.task, "split": examples.split})
     reps.save(out)
-    typer.echo(f"wrote {reps.n_rows} rows x {len(reps)} layers x {reps[reps.layers[0]].shape[1]} dims to {out}")
+    typer.echo(
+        f"wrote {reps.n_rows} rows x {len(reps)} layers x {reps[reps.layers[0]].shape[1]} dims to {out}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -33,7 +33,9 @@ def info(
 
     table = Table(show_header=False, box=None)
     for key, value in description.items():
-        table.add_row(str(key), f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+        table.add_row(
+            str(key), f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+        )
     Console().print(table)
 
 

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 
-def report(run_dir: Annotated[Path, typer.Argument(help="Run folder written by `tunescope analyze`.")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `tunescope analyze`.")],
+) -> None:
     """(Re)draw the figures and write RUN_DIR/report.html from RUN_DIR/results.
 
     Example:

@@ -94,6 +94,16 @@ def _get_path(root: nn.Module, path: str) -> Any:
     return obj
 
 
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft ``PeftModel`` (which has ``get_base_model``); else ``model``."""
+    get_base_model = getattr(model, "get_base_model", None)
+    if callable(get_base_model):
+        inner = get_base_model()
+        if isinstance(inner, nn.Module):
+            return inner
+    return model
+
+
 def _config_of(model_or_config: Any) -> Any:
     """The HF config of a model, an Encoder-like object or a config."""
     if hasattr(model_or_config, "model_type") and not isinstance(model_or_config, nn.Module):
@@ -170,7 +180,8 @@ class ArchitectureAdapter:
 
     # -- modules --------------------------------------------------------------------------------
     def base_model(self, model: nn.Module) -> nn.Module:
-        """The base model (``BertModel``, ...) of a base or task model."""
+        """The base model (``BertModel``, ...) of a base or task model (or of a peft wrapper of one)."""
+        model = _unwrap_peft(model)
         base = getattr(model, "base_model", model)
         return base if isinstance(base, nn.Module) else model
 
@@ -222,6 +233,7 @@ class ArchitectureAdapter:
             ``classifier`` for BERT), holding the model's own modules (not copies), or ``None`` when the
             model has no classifier.
         """
+        model = _unwrap_peft(model)
         base = self.base_model(model)
         if base is model:
             return None

@@ -127,7 +127,7 @@ def _weights_token(model: nn.Module) -> tuple[Any, ...] | None:
 # ------------------------------------------------------------------------------------------------
 # the Encoder
 # ------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(eq=False)
 class Encoder:
     """A Hugging Face encoder with its tokenizer and architecture adapter.
 
@@ -138,6 +138,8 @@ class Encoder:
         adapter: The family's :class:`~tunescope.models.adapters.ArchitectureAdapter`.
         name: The path or hub id it came from, or ``"<in-memory>"``.
         path: The local folder its files were read from (``None`` for in-memory models).
+
+    Encoders compare and hash by identity (they wrap mutable models).
 
     Example:
         >>> from tunescope.testing.tiny import tiny_model
@@ -312,11 +314,10 @@ class _Source:
     folder: pathlib.Path | None  # local files, when known before loading
 
 
-def _offline_error(name: str) -> OfflineModelError:
+def _offline_error(name: str, reason: str = "the Hugging Face hub is offline") -> OfflineModelError:
     return OfflineModelError(
-        f"{name!r} is not a local folder, the Hugging Face hub is offline and no cached copy exists; "
-        f"download it where you are online (e.g. `hf download {name} --local-dir DIR`) and pass the "
-        "local folder path"
+        f"{name!r} is not a local folder, {reason} and no cached copy exists; download it where you are "
+        f"online (e.g. `hf download {name} --local-dir DIR`) and pass the local folder path"
     )
 
 
@@ -387,7 +388,7 @@ def _check_tokenizer_files(folder: pathlib.Path) -> None:
 
 def _wrap_load_error(source: _Source, what: str, exc: BaseException) -> ModelLoadError:
     if source.folder is None and _is_connection_error(exc):
-        return _offline_error(source.name)
+        return _offline_error(source.name, "the Hugging Face hub cannot be reached (or is set offline)")
     return ModelLoadError(f"could not load the {what} of {source.name}: {_first_line(exc)}")
 
 
@@ -395,9 +396,12 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for but CUDA is not available; use cpu or auto")
+    return resolved
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:

@@ -30,6 +30,13 @@ _STAT_LABELS = {
 }
 
 
+_MEASURE_LABELS = {"linear_cka": "linear CKA", "rbf_cka": "RBF CKA", "rsa": "RSA"}
+
+
+def _measure_label(measure: str) -> str:
+    return _MEASURE_LABELS.get(measure, _measure_label(measure))
+
+
 class _Section:
     """What a section builder gets: the run folder, its manifest, and a way to save figures."""
 
@@ -71,7 +78,12 @@ def _layers(sec: _Section) -> dict[str, Any] | None:
         layers.append(int(row["layer"]))
         values.append(float(row["value"]))
     figures = [
-        sec.figure(f"layers_{stat}", plot_layer_curves(per_model, ylabel=_STAT_LABELS.get(stat, stat), title=_STAT_LABELS.get(stat, stat)))
+        sec.figure(
+            f"layers_{stat}",
+            plot_layer_curves(
+                per_model, ylabel=_STAT_LABELS.get(stat, stat), title=_STAT_LABELS.get(stat, stat)
+            ),
+        )
         for stat, per_model in curves.items()
     ]
     cos_layers, cos = curves["mean_cosine"]["base"]
@@ -104,8 +116,13 @@ def _similarity(sec: _Section) -> dict[str, Any] | None:
             matrix[layers_a.index(int(r["layer_a"])), layers_b.index(int(r["layer_b"]))] = float(r["value"])
         same = model_a == model_b
         fig = plot_similarity_matrix(
-            matrix, layers_a=layers_a, layers_b=layers_b, label_a=model_a, label_b=model_b,
-            measure=measure.replace("_", " "), blocks=blocks.get(model_a, []) if same else (),
+            matrix,
+            layers_a=layers_a,
+            layers_b=layers_b,
+            label_a=model_a,
+            label_b=model_b,
+            measure=_measure_label(measure),
+            blocks=blocks.get(model_a, []) if same else (),
         )
         figures.append(sec.figure(f"{measure}_{model_a}_vs_{model_b}", fig))
         if same:
@@ -114,13 +131,13 @@ def _similarity(sec: _Section) -> dict[str, Any] | None:
             adjacent = np.diag(matrix, 1)
             sentences.append(
                 f"{model_a}: layers fall into {len(found)} block(s) ({spans}); adjacent layers have "
-                f"{measure.replace('_', ' ')} between {adjacent.min():.2f} and {adjacent.max():.2f}."
+                f"{_measure_label(measure)} between {adjacent.min():.2f} and {adjacent.max():.2f}."
             )
         else:
             diagonal = [matrix[layers_a.index(x), layers_b.index(x)] for x in layers_a if x in layers_b]
             low = int(np.argmin(diagonal))
             sentences.append(
-                f"{model_a} vs {model_b}: the same layer's {measure.replace('_', ' ')} falls to "
+                f"{model_a} vs {model_b}: the same layer's {_measure_label(measure)} falls to "
                 f"{diagonal[low]:.2f} at layer {layers_a[low]}."
             )
     return {"figures": figures, "sentences": sentences}
@@ -141,8 +158,15 @@ def build_report(run_dir: str | Path) -> Path:
         content = builder(sec) if builder is not None else None
         status = manifest.get("stages", {}).get(name, {})
         if content is not None:
-            sections.append({"name": name, "title": stage.title, "description": stage.description,
-                             "seconds": status.get("seconds"), **content})
+            sections.append(
+                {
+                    "name": name,
+                    "title": stage.title,
+                    "description": stage.description,
+                    "seconds": status.get("seconds"),
+                    **content,
+                }
+            )
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("tunescope.report", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),

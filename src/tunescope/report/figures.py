@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -26,11 +26,11 @@ def _axes(ax: Axes | None, size: tuple[float, float] = (5.0, 4.0)) -> tuple[Figu
 
 
 def plot_layer_curves(
-    curves: dict[str, tuple[Sequence[int], Sequence[float]]],
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float]]],
     *,
     ylabel: str,
     title: str = "",
-    marks: dict[str, Sequence[int]] | None = None,
+    marks: Mapping[str, Sequence[int]] | None = None,
     ax: Axes | None = None,
 ) -> Figure:
     """One line per model of a per-layer value.
@@ -46,7 +46,14 @@ def plot_layer_curves(
     for name, (layers, values) in curves.items():
         (line,) = ax.plot(layers, values, marker="o", markersize=3, label=name)
         for layer in (marks or {}).get(name, []):
-            ax.plot([layer], [values[list(layers).index(layer)]], "o", markersize=9, mfc="none", color=line.get_color())
+            ax.plot(
+                [layer],
+                [values[list(layers).index(layer)]],
+                "o",
+                markersize=9,
+                mfc="none",
+                color=line.get_color(),
+            )
     ax.set_xlabel("layer (0 = embeddings)")
     ax.set_ylabel(ylabel)
     if title:

@@ -227,10 +227,14 @@ def linear_parts(
         centered = [center(x, dtype)[0] for x in layers]
         trace = torch.stack([x.to(torch.float64).square().sum() for x in centered])
         raw = torch.stack([x.to(torch.float64).square().sum() for x in layers])
-        labels = [names[side] if len(layers) == 1 else f"layer {i} of {names[side]}" for i in range(len(layers))]
+        labels = [
+            names[side] if len(layers) == 1 else f"layer {i} of {names[side]}" for i in range(len(layers))
+        ]
         if check:
             check_variance(trace, raw, n, labels, what)
-        rownorms = torch.stack([x.to(torch.float64).square().sum(dim=1) for x in centered]) if debiased else None
+        rownorms = (
+            torch.stack([x.to(torch.float64).square().sum(dim=1) for x in centered]) if debiased else None
+        )
         sides.append((centered, trace, rownorms))
     xs_a, trace_a, norms_a = sides[0]
     xs_b, trace_b, norms_b = sides[1] if layers_b is not None else (None, trace_a, norms_a)
@@ -270,9 +274,19 @@ def hsic_from_parts(parts: LinearParts, *, debiased: bool) -> tuple[Tensor, Tens
 
 
 def cka_from_hsic(
-    h_ab: Tensor, h_aa: Tensor, h_bb: Tensor, *, what: str = "CKA", names: tuple[str, str] = ("x", "y")
+    h_ab: Tensor,
+    h_aa: Tensor,
+    h_bb: Tensor,
+    *,
+    what: str = "CKA",
+    names: tuple[str, str] = ("x", "y"),
+    bounded: bool = False,
 ) -> Tensor:
-    """``h_ab / sqrt(h_aa h_bb)`` for every pair; refuses a non-positive self-HSIC instead of a NaN."""
+    """``h_ab / sqrt(h_aa h_bb)`` for every pair; refuses a non-positive self-HSIC instead of a NaN.
+
+    ``bounded=True`` (biased HSIC, where Cauchy-Schwarz gives [0, 1]) clips float rounding such as
+    1 + 4e-16 back into [0, 1].
+    """
     for h, name in ((h_aa, names[0]), (h_bb, names[1])):
         bad = (h <= 0).nonzero().flatten().tolist()
         if bad:
@@ -282,4 +296,5 @@ def cka_from_hsic(
                 "(zero variance, or too few examples for the unbiased estimator: use more examples "
                 "or debiased=False)"
             )
-    return h_ab / torch.sqrt(h_aa[:, None] * h_bb[None, :])
+    out = h_ab / torch.sqrt(h_aa[:, None] * h_bb[None, :])
+    return out.clamp_(0.0, 1.0) if bounded else out

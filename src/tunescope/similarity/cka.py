@@ -61,7 +61,9 @@ def linear_cka(x: Tensor, y: Tensor, *, debiased: bool = False) -> Tensor:
     """
     x, y = checked_pair(x, y, min_n=min_examples(debiased), what="linear_cka")
     parts = linear_parts([x], [y], debiased=debiased, what="linear_cka")
-    return cka_from_hsic(*hsic_from_parts(parts, debiased=debiased), what="linear_cka")[0, 0]
+    return cka_from_hsic(*hsic_from_parts(parts, debiased=debiased), what="linear_cka", bounded=not debiased)[
+        0, 0
+    ]
 
 
 def gram_hsic_matrix(
@@ -91,7 +93,9 @@ def gram_hsic_matrix(
 
 def check_rbf_variance(layers: Sequence[Tensor], name: str, what: str) -> None:
     """Zero-variance check shared by the RBF paths (same rule as the linear ones)."""
-    centered = torch.stack([(x.to(torch.float64) - x.to(torch.float64).mean(0)).square().sum() for x in layers])
+    centered = torch.stack(
+        [(x.to(torch.float64) - x.to(torch.float64).mean(0)).square().sum() for x in layers]
+    )
     raw = torch.stack([x.to(torch.float64).square().sum() for x in layers])
     labels = [name if len(layers) == 1 else f"layer {i} of {name}" for i in range(len(layers))]
     check_variance(centered, raw, layers[0].shape[0], labels, what)
@@ -121,11 +125,11 @@ def rbf_cka(x: Tensor, y: Tensor, *, sigma: float = 0.8, debiased: bool = False)
     Example:
         >>> import torch
         >>> x = torch.tensor([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0], [3.0, 1.0]])
-        >>> float(rbf_cka(x, 3 * x))  # the bandwidth follows the scale
+        >>> round(float(rbf_cka(x, 3 * x)), 12)  # the bandwidth follows the scale
         1.0
     """
     x, y = checked_pair(x, y, min_n=min_examples(debiased), what="rbf_cka")
     check_rbf_variance([x], "x", "rbf_cka")
     check_rbf_variance([y], "y", "rbf_cka")
     h_ab, h_aa, h_bb = gram_hsic_matrix([rbf_gram(x, sigma)], [rbf_gram(y, sigma)], debiased=debiased)
-    return cka_from_hsic(h_ab, h_aa, h_bb, what="rbf_cka")[0, 0]
+    return cka_from_hsic(h_ab, h_aa, h_bb, what="rbf_cka", bounded=not debiased)[0, 0]

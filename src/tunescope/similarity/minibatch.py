@@ -13,11 +13,12 @@ import copy
 from collections.abc import Callable
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from tunescope.errors import MeasureError, UnknownNameError
 from tunescope.similarity._linear import cka_from_hsic, hsic_from_parts, linear_parts
-from tunescope.similarity._validate import Layers, as_layers
+from tunescope.similarity._validate import Layers, as_layers, check_variance
 from tunescope.similarity.cka import checked_pair, gram_hsic_matrix
 from tunescope.similarity.kernels import rbf_gram
 
@@ -36,6 +37,15 @@ def _linear_batch(xs: list[Tensor], ys: list[Tensor] | None, sigma: float) -> Hs
 def _rbf_batch(xs: list[Tensor], ys: list[Tensor] | None, sigma: float) -> HsicTriple:
     grams_b = None if ys is None else [rbf_gram(y, sigma) for y in ys]
     return gram_hsic_matrix([rbf_gram(x, sigma) for x in xs], grams_b, debiased=True)
+
+
+def _spread(layers: list[Tensor]) -> Tensor:
+    """(2, n_layers): within-batch centered and raw sums of squares, for the zero-variance check."""
+    out = []
+    for x in layers:
+        x64 = x.to(torch.float64)
+        out.append(torch.stack([(x64 - x64.mean(dim=0)).square().sum(), x64.square().sum()]))
+    return torch.stack(out, dim=1)
 
 
 #: kernel name -> per-batch all-pairs unbiased HSIC
@@ -72,8 +82,10 @@ class MinibatchCKA:
         self.kernel = kernel
         self.sigma = sigma
         self.n_batches = 0
+        self.n_examples = 0
         self._layout: tuple[bool, list[int], list[int]] | None = None
         self._sums: HsicTriple | None = None
+        self._spread: list[Tensor] = []  # per side: (2, L) sums of centered and raw squares
 
     def update(self, batch_a: Layers, batch_b: Layers | None = None) -> MinibatchCKA:
         """Add one minibatch (at least 4 examples).
@@ -89,16 +101,25 @@ class MinibatchCKA:
         ys = None if batch_b is None else as_layers(batch_b, "batch_b")
         n = xs[0].shape[0]
         if ys is not None and ys[0].shape[0] != n:
-            raise MeasureError(f"batch_a and batch_b must hold the same examples; got {n} and {ys[0].shape[0]} rows")
+            raise MeasureError(
+                f"batch_a and batch_b must hold the same examples; got {n} and {ys[0].shape[0]} rows"
+            )
         if n < 4:
             raise MeasureError(f"each minibatch needs at least 4 examples (unbiased HSIC); got {n}")
         layout = (ys is None, [x.shape[1] for x in xs], [] if ys is None else [y.shape[1] for y in ys])
         if self._layout is not None and layout != self._layout:
             raise MeasureError(f"batch layout {layout} differs from earlier batches' {self._layout}")
         h = KERNELS[self.kernel](xs, ys, self.sigma)
+        spread = [_spread(side) for side in (xs, ys) if side is not None]
         self._layout = layout
-        self._sums = h if self._sums is None else (self._sums[0] + h[0], self._sums[1] + h[1], self._sums[2] + h[2])
+        self._sums = (
+            h if self._sums is None else (self._sums[0] + h[0], self._sums[1] + h[1], self._sums[2] + h[2])
+        )
+        self._spread = (
+            spread if not self._spread else [a + b for a, b in zip(self._spread, spread, strict=True)]
+        )
         self.n_batches += 1
+        self.n_examples += n
         return self
 
     def merge(self, other: MinibatchCKA) -> MinibatchCKA:
@@ -113,13 +134,18 @@ class MinibatchCKA:
             raise MeasureError(f"cannot merge layouts {self._layout} and {other._layout}")
         out = copy.deepcopy(self)
         out._sums = tuple(a + b for a, b in zip(self._sums, other._sums, strict=True))  # type: ignore[assignment]
+        out._spread = [a + b for a, b in zip(self._spread, other._spread, strict=True)]
         out.n_batches += other.n_batches
+        out.n_examples += other.n_examples
         return out
 
     def compute(self) -> Tensor:
         """The (La, Lb) float64 minibatch-CKA matrix (within-model: (La, La))."""
         if self._sums is None:
             raise MeasureError("MinibatchCKA.compute() called before any update()")
+        for spread, name in zip(self._spread, ("model A", "model B"), strict=False):
+            labels = [f"layer {i} of {name}" for i in range(spread.shape[1])]
+            check_variance(spread[0], spread[1], self.n_examples, labels, "minibatch CKA")
         return cka_from_hsic(*self._sums, what="minibatch CKA", names=("model A", "model B"))
 
 

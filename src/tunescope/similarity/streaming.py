@@ -168,7 +168,14 @@ class _PairSums:
             )
 
             def new_r(r: Tensor, p: Tensor, dc: Tensor, u: Tensor, m: Tensor, s: Tensor, d: Tensor) -> Tensor:
-                return r - torch.outer(p, d) - 2 * dc + 2 * torch.outer(u, d) + torch.outer(m, s) - n * torch.outer(m, d)
+                return (
+                    r
+                    - torch.outer(p, d)
+                    - 2 * dc
+                    + 2 * torch.outer(u, d)
+                    + torch.outer(m, s)
+                    - n * torch.outer(m, d)
+                )
 
             out.r_xy = new_r(self.r_xy, self.p_x, dxc, u_x, m_x, self.s_y, delta_y)
             if self.symmetric:
@@ -291,7 +298,9 @@ class StreamingCKA:
         self._self_b = [_PairSums([d], [d], True, self.debiased, device) for d in self._dims_b]
 
     @staticmethod
-    def _shifted(layers: list[Tensor], shift: Tensor | None, dtype: torch.dtype) -> tuple[list[Tensor], Tensor]:
+    def _shifted(
+        layers: list[Tensor], shift: Tensor | None, dtype: torch.dtype
+    ) -> tuple[list[Tensor], Tensor]:
         assert shift is not None
         x64 = torch.cat([x.to(torch.float64) for x in layers], dim=1) - shift
         return [x.to(dtype) for x in x64.split([x.shape[1] for x in layers], dim=1)], x64
@@ -308,16 +317,12 @@ class StreamingCKA:
             return copy.deepcopy(self)
         if self._pair is None:
             return copy.deepcopy(other)
-        if (self.debiased, self._within, self._dims_a, self._dims_b) != (
-            other.debiased,
-            other._within,
-            other._dims_a,
-            other._dims_b,
-        ):
+        mine = (self.debiased, self._within, self._dims_a, self._dims_b)
+        theirs = (other.debiased, other._within, other._dims_a, other._dims_b)
+        if mine != theirs:
             raise MeasureError(
-                "cannot merge accumulators of different layouts: "
-                f"(debiased, within, widths A, widths B) = {(self.debiased, self._within, self._dims_a, self._dims_b)}"
-                f" vs {(other.debiased, other._within, other._dims_a, other._dims_b)}"
+                f"cannot merge accumulators of different layouts: (debiased, within, widths A, widths B) = "
+                f"{mine} vs {theirs}"
             )
         assert self._shift_a is not None and other._shift_a is not None
         out = copy.deepcopy(self)
@@ -353,7 +358,9 @@ class StreamingCKA:
         mean_a = self._shift_a + pair.s_x / n
         self._check_variance(centered.p_x, mean_a, self._dims_a, "model A")
         if self._within:
-            parts = LinearParts(n, cross, cross.diagonal().clone(), cross.diagonal().clone(), centered.p_x, centered.p_x)
+            parts = LinearParts(
+                n, cross, cross.diagonal().clone(), cross.diagonal().clone(), centered.p_x, centered.p_x
+            )
             if self.debiased:
                 diag = centered.q.diagonal().clone()
                 parts.diag_cross, parts.diag_self_a, parts.diag_self_b = centered.q, diag, diag
@@ -370,7 +377,7 @@ class StreamingCKA:
             if self.debiased:
                 parts.diag_cross, parts.diag_self_a, parts.diag_self_b = centered.q, selfs[0][1], selfs[1][1]
         h = hsic_from_parts(parts, debiased=self.debiased)
-        return cka_from_hsic(*h, what="StreamingCKA", names=("model A", "model B"))
+        return cka_from_hsic(*h, what="StreamingCKA", names=("model A", "model B"), bounded=not self.debiased)
 
     def _dims_y(self) -> list[int]:
         return self._dims_a if self._within else self._dims_b

@@ -16,7 +16,13 @@ def run(ctx: RunContext) -> list[Table]:
         for layer in reps.layers:
             stats = layer_statistics(reps[layer])
             rows += [
-                {"model": model, "layer": layer, "split": ctx.config.split, "statistic": name, "value": stats[name]}
+                {
+                    "model": model,
+                    "layer": layer,
+                    "split": ctx.config.split,
+                    "statistic": name,
+                    "value": stats[name],
+                }
                 for name in STATISTICS
             ]
     return [Table("layer_stats", COLUMNS, rows)]

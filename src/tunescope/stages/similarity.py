@@ -22,14 +22,30 @@ def run(ctx: RunContext) -> list[Table]:
         matrix = cka_matrix(reps_a, None if model_a == model_b else reps_b, measure=MEASURE)
         for i, layer_a in enumerate(reps_a.layers):
             for j, layer_b in enumerate(reps_b.layers):
-                rows.append({"model_a": model_a, "layer_a": layer_a, "model_b": model_b, "layer_b": layer_b,
-                             "measure": MEASURE, "split": split, "value": float(matrix[i, j])})
+                rows.append(
+                    {
+                        "model_a": model_a,
+                        "layer_a": layer_a,
+                        "model_b": model_b,
+                        "layer_b": layer_b,
+                        "measure": MEASURE,
+                        "split": split,
+                        "value": float(matrix[i, j]),
+                    }
+                )
         if model_a == model_b:
             found = find_blocks(matrix)
             for number, (first, last) in enumerate(found.blocks):
-                block_rows.append({"model": model_a, "measure": MEASURE, "block": number,
-                                   "first_layer": reps_a.layers[first], "last_layer": reps_a.layers[last],
-                                   "score": found.score})
+                block_rows.append(
+                    {
+                        "model": model_a,
+                        "measure": MEASURE,
+                        "block": number,
+                        "first_layer": reps_a.layers[first],
+                        "last_layer": reps_a.layers[last],
+                        "score": found.score,
+                    }
+                )
     return [Table("cka", CKA_COLUMNS, rows), Table("blocks", BLOCK_COLUMNS, block_rows)]
 
 
