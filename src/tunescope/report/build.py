@@ -34,7 +34,7 @@ _MEASURE_LABELS = {"linear_cka": "linear CKA", "rbf_cka": "RBF CKA", "rsa": "RSA
 
 
 def _measure_label(measure: str) -> str:
-    return _MEASURE_LABELS.get(measure, _measure_label(measure))
+    return _MEASURE_LABELS.get(measure, measure.replace("_", " "))
 
 
 class _Section:
