@@ -10,8 +10,6 @@ from tunescope.errors import MeasureError
 from tunescope.similarity import COMPARISONS, RDM_METHODS, cka_matrix, rdm, rsa
 from tunescope.testing import reference as ref
 
-EXACT = {"rtol": 0.0, "atol": 1e-10}
-
 # our compare name -> rsatoolbox.rdm.compare(method=...)
 RSATOOLBOX_COMPARE = {
     "spearman": "spearman",
@@ -36,9 +34,8 @@ def data(seed: int, n: int = 14, ties: bool = False) -> tuple[torch.Tensor, torc
 
 
 def same(a: torch.Tensor | float, b: object) -> None:
-    torch.testing.assert_close(
-        torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), **EXACT
-    )
+    a64, b64 = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    torch.testing.assert_close(a64, b64, rtol=0.0, atol=1e-10)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Any
 
 import numpy as np
 import pytest
@@ -47,7 +48,10 @@ def layers(seed: int, n: int = 60, dims: tuple[int, ...] = (12, 12, 9), dtype: t
 
 def close(actual: torch.Tensor | float, expected: float | np.ndarray, tol: dict[str, float]) -> None:
     torch.testing.assert_close(
-        torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64), **tol
+        torch.as_tensor(actual, dtype=torch.float64),
+        torch.as_tensor(expected, dtype=torch.float64),
+        rtol=tol["rtol"],
+        atol=tol["atol"],
     )
 
 
@@ -162,14 +166,15 @@ def test_canonical_correlations_match_sklearn() -> None:
 def test_other_measures_in_matrix_match_pairwise() -> None:
     a = layers(12, n=50, dims=(6, 6, 5))
     b = layers(13, n=50, dims=(4, 7))
-    for measure, opts in [
+    cases: list[tuple[str, dict[str, Any]]] = [
         ("rbf_cka", {"sigma": 0.6}),
         ("rsa", {"rdm": "euclidean", "compare": "pearson"}),
         ("rsa", {"rdm": "correlation", "compare": "kendall_tau_a"}),
         ("svcca", {"n_components": 3}),
         ("pwcca", {}),
         ("procrustes", {}),
-    ]:
+    ]
+    for measure, opts in cases:
         pair = MEASURES[measure].pairwise
         expected = torch.tensor([[float(pair(x, y, **opts)) for y in b] for x in a], dtype=torch.float64)
         close(cka_matrix(a, b, measure, **opts), expected.numpy(), F64)

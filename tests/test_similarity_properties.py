@@ -3,6 +3,7 @@ streaming == in-memory, merge == union, all-pairs == per-pair loop in both space
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import pytest
@@ -22,7 +23,7 @@ from tunescope.similarity import (
 SEEDS = [0, 1, 2]
 EXACT = {"rtol": 0.0, "atol": 1e-10}
 FLOAT32 = {"rtol": 0.0, "atol": 1e-6}
-MEASURES = {
+MEASURES: dict[str, Callable[..., torch.Tensor]] = {
     "linear": linear_cka,
     "linear-debiased": partial(linear_cka, debiased=True),
     "rbf": rbf_cka,
@@ -48,9 +49,8 @@ def orthogonal(d: int, seed: int) -> torch.Tensor:
 
 
 def same(a: torch.Tensor | float, b: torch.Tensor | float, tol: dict[str, float] = EXACT) -> None:
-    torch.testing.assert_close(
-        torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), **tol
-    )
+    a64, b64 = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    torch.testing.assert_close(a64, b64, rtol=tol["rtol"], atol=tol["atol"])
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -105,7 +105,9 @@ class Representations(Mapping[int, torch.Tensor]):
     def select(self, layers: Sequence[int]) -> Representations:
         """A view with only ``layers`` (same rows, labels and provenance)."""
         tensors = {layer: self[layer] for layer in layers}
-        return Representations(tensors, self.pooling, self.labels, self.example_index, self.word_index, self.meta)
+        return Representations(
+            tensors, self.pooling, self.labels, self.example_index, self.word_index, self.meta
+        )
 
     def stack(self) -> torch.Tensor:
         """All layers as one (n_layers, n_rows, d_model) tensor, layers ascending."""
@@ -245,9 +247,7 @@ def extract(
         "dtype": str(dtype).removeprefix("torch."),
         "sorted": str(sort_by_length),
     }
-    key = _cache_key(
-        encoder.fingerprint, _data_hash(texts, text_pairs, word_lists), options
-    )
+    key = _cache_key(encoder.fingerprint, _data_hash(texts, text_pairs, word_lists), options)
     shards = [order[s : s + shard_size] for s in range(0, len(order), shard_size)]
     cache = _ShardCache(Path(cache_dir) / key[:24], key, len(shards)) if cache_dir is not None else None
 

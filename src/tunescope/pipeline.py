@@ -198,7 +198,12 @@ class RunContext:
         return self._examples[split]
 
     def representations(
-        self, which: str = "base", split: str | None = None, pooling: str | None = None, *, drop_constant: bool = True
+        self,
+        which: str = "base",
+        split: str | None = None,
+        pooling: str | None = None,
+        *,
+        drop_constant: bool = True,
     ) -> Representations:
         """Every layer of ``which`` model on ``split``, extracted once per run (and cached on disk).
 
@@ -225,8 +230,8 @@ class RunContext:
         constant = reps.constant_layers() if drop_constant else ()
         if constant:
             self.note(
-                f"{which} model: layer(s) {', '.join(map(str, constant))} give the same vector for every input "
-                f"under {pooling} pooling, so they are left out of the analyses."
+                f"{which} model: layer(s) {', '.join(map(str, constant))} give the same vector for every "
+                f"input under {pooling} pooling, so they are left out of the analyses."
             )
             reps = reps.select([layer for layer in reps.layers if layer not in constant])
         return reps

@@ -333,12 +333,12 @@ class StreamingCKA:
         assert self._shift_b is not None and other._shift_b is not None
         delta_b = self._shift_b - other._shift_b.to(self._shift_b.device)
         out._pair = self._pair + other._pair.reshifted(delta_a, delta_b)
-        for mine, theirs, delta, dims in (
+        for own, incoming, delta, dims in (
             (out._self_a, other._self_a, delta_a, self._dims_a),
             (out._self_b, other._self_b, delta_b, self._dims_b),
         ):
             for i, d in enumerate(delta.split(dims)):
-                mine[i] = mine[i] + theirs[i].reshifted(d, d)
+                own[i] = own[i] + incoming[i].reshifted(d, d)
         return out
 
     def compute(self) -> Tensor:
