@@ -66,10 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer texts and repeats")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default=None, help="model folder (default: the embedded MiniLM)")
+    parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     device = torch.device(args.device)
-    encoder = load_encoder(device=str(device))
-    batch_size, max_length = 32, 512
+    encoder = load_encoder(args.model, device=str(device))
+    batch_size, max_length = args.batch_size, 512
     repeats = 1 if args.quick else 3
     rows = []
 

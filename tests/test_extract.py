@@ -235,3 +235,24 @@ def test_embedded_model_on_builtin_task():
     assert tuple(reps[6].shape) == (48, 384)
     np.testing.assert_array_equal(reps.labels, examples.labels)
     assert torch.isfinite(reps.stack()).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pooling", ["cls", "mean", "tokens"])
+def test_cuda_extraction_matches_cpu(pooling):
+    encoder = tiny_model("bert")
+    on_cpu = extract(encoder, TEXTS, pooling=pooling, progress=False)
+    on_gpu = extract(encoder, TEXTS, pooling=pooling, device="cuda", progress=False)
+    for layer in on_cpu.layers:
+        assert on_gpu[layer].device.type == "cpu"  # results always come back to the CPU
+        torch.testing.assert_close(on_gpu[layer], on_cpu[layer], atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_bfloat16_model_gives_float32_representations():
+    encoder = tiny_model("bert")
+    on_cpu = extract(encoder, TEXTS, pooling="mean", progress=False)
+    encoder.model.to(device="cuda", dtype=torch.bfloat16)
+    on_gpu = extract(encoder, TEXTS, pooling="mean", progress=False)
+    assert on_gpu[2].dtype == torch.float32
+    torch.testing.assert_close(on_gpu[2], on_cpu[2], atol=0.1, rtol=0.05)

@@ -352,7 +352,8 @@ def _outputs_exist(root: Path, record: Mapping[str, Any]) -> bool:
 
 
 def _model_record(encoder: Encoder) -> dict[str, Any]:
-    return {"name": encoder.name, "fingerprint": encoder.fingerprint, "family": encoder.family}
+    path = str(encoder.path) if encoder.path is not None else None
+    return {"name": encoder.name, "path": path, "fingerprint": encoder.fingerprint, "family": encoder.family}
 
 
 def _now() -> str:

