@@ -59,7 +59,17 @@ def bare_loop(encoder, texts, batch_size, max_length, device):
             for batch in batches:
                 encoder.model(**batch)
 
-    return run, lengths
+    def run_with_tokenizer():
+        """The same loop, tokenising inside the timing (texts in, as extraction starts)."""
+        ids = tok(texts, truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))
+        with torch.inference_mode():
+            for s in range(0, len(texts), batch_size):
+                chunk = [texts[i] for i in order[s : s + batch_size]]
+                batch = tok(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                encoder.model(**batch.to(device))
+
+    return run, run_with_tokenizer, lengths
 
 
 def main() -> None:
@@ -77,8 +87,9 @@ def main() -> None:
 
     # 1. overhead over the bare loop, real movie snippets
     texts = get_task("movie-sentiment").load("train", limit=256 if args.quick else 2000).texts
-    run_bare, _ = bare_loop(encoder, texts, batch_size, max_length, device)
+    run_bare, run_tokenizing, _ = bare_loop(encoder, texts, batch_size, max_length, device)
     bare = timed(run_bare, repeats=repeats)
+    bare_tokenizing = timed(run_tokenizing, repeats=repeats)
     ours = timed(
         lambda: extract(
             encoder, texts, pooling="mean", batch_size=batch_size, max_length=max_length, progress=False
@@ -91,6 +102,15 @@ def main() -> None:
             "tunescope_s": ours,
             "baseline_s": bare,
             "ratio": ours / bare,
+            "goal": "<= 1.10",
+        }
+    )
+    rows.append(
+        {
+            "benchmark": "same, baseline tokenising inside the timing too (texts in, like extraction)",
+            "tunescope_s": ours,
+            "baseline_s": bare_tokenizing,
+            "ratio": ours / bare_tokenizing,
             "goal": "<= 1.10",
         }
     )
@@ -117,7 +137,6 @@ def main() -> None:
         repeats=1,
         warmup=0,
     )
-    _, lengths = bare_loop(encoder, corpus[:1], 1, max_length, device)
     lengths = [
         len(ids) for ids in encoder.tokenizer(corpus, truncation=True, max_length=max_length)["input_ids"]
     ]

@@ -154,8 +154,8 @@ class Representations(Mapping[int, torch.Tensor]):
 class _Tokenized:
     """One example after tokenisation (no padding)."""
 
-    input_ids: list[int]
-    token_type_ids: list[int] | None
+    input_ids: torch.Tensor  # (n_tokens,) int64
+    token_type_ids: torch.Tensor | None
     word_of_token: list[int] | None  # tokens pooling: word number of each token, -1 for special tokens
     n_words: int
 
@@ -285,12 +285,12 @@ def extract(
                 )
                 batch_order = torch.tensor(batch_ids, dtype=torch.int64)
                 if pooling == "tokens":  # batch-local positions -> example ids
-                    pooled["example_index"] = batch_order[pooled.pop("batch_pos")]
+                    pooled["example_index"] = batch_order[pooled.pop("batch_pos").cpu()]
                 else:
                     pooled["order"] = batch_order
                 current[1].append(pooled)
                 if last:
-                    shard = {k: torch.cat([p[k] for p in current[1]]) for k in current[1][0]}
+                    shard = {k: torch.cat([p[k] for p in current[1]]).cpu() for k in current[1][0]}
                     if cache is not None:
                         cache.write(shard_id, shard)
                     results[shard_id] = shard
@@ -396,6 +396,7 @@ def _tokenize(
         truncation=True,
         max_length=max_length,
         padding=False,
+        return_attention_mask=False,
     )
     embeddings = cast(torch.nn.Embedding, encoder.model.get_input_embeddings())
     vocab = int(embeddings.weight.shape[0])
@@ -413,7 +414,12 @@ def _tokenize(
         if words is not None:
             word_of_token, n_words = _word_numbers(enc, i, len(words[i]))
         items.append(
-            _Tokenized(list(ids), None if type_ids is None else list(type_ids[i]), word_of_token, n_words)
+            _Tokenized(
+                torch.tensor(ids, dtype=torch.long),
+                None if type_ids is None else torch.tensor(type_ids[i], dtype=torch.long),
+                word_of_token,
+                n_words,
+            )
         )
     return items
 
@@ -443,21 +449,16 @@ def _batches(
 def _collate(
     items: list[_Tokenized], encoder: Encoder, accepted: set[str], device: torch.device
 ) -> dict[str, torch.Tensor]:
+    from torch.nn.utils.rnn import pad_sequence
+
     pad = encoder.tokenizer.pad_token_id
-    pad = 0 if pad is None else int(pad)
-    width = max(len(it.input_ids) for it in items)
-    input_ids = torch.full((len(items), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    types = torch.zeros((len(items), width), dtype=torch.long)
-    for row, it in enumerate(items):
-        n = len(it.input_ids)
-        input_ids[row, :n] = torch.tensor(it.input_ids)
-        mask[row, :n] = 1
-        if it.token_type_ids is not None:
-            types[row, :n] = torch.tensor(it.token_type_ids)
+    input_ids = pad_sequence([it.input_ids for it in items], batch_first=True, padding_value=int(pad or 0))
+    lengths = torch.tensor([len(it.input_ids) for it in items])
+    mask = (torch.arange(input_ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()
     batch = {"input_ids": input_ids, "attention_mask": mask}
-    if "token_type_ids" in accepted and items[0].token_type_ids is not None:
-        batch["token_type_ids"] = types
+    types = [it.token_type_ids for it in items]
+    if "token_type_ids" in accepted and all(t is not None for t in types):
+        batch["token_type_ids"] = pad_sequence(types, batch_first=True, padding_value=0)  # type: ignore[arg-type]
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
@@ -485,7 +486,7 @@ def _pool(
             out[f"layer.{layer}"] = (summed / counts).to(dtype)
     else:
         out.update(_pool_words(hidden, layers, items, word_pooling, dtype))
-    return {k: v.cpu() for k, v in out.items()}
+    return out  # still on the model's device: moved to the CPU once per shard
 
 
 def _pool_words(
