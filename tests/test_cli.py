@@ -89,6 +89,9 @@ def test_extract_user_file_tokens(tmp_path, tiny_folder, capsys):
         (["extract", "TINY", "--data", "/no/such.csv", "--text", "t", "--out", "OUT"], "/no/such.csv"),
         (["analyze", "TINY", "--pooling", "tokens", "--out", "RUN"], "unknown sentence pooling"),
         (["report", "RUN"], "not a tunescope run folder"),
+        (["compare", "TINY", "TINY", "--measure", "cka", "--out", "RUN"], "unknown similarity measure 'cka'"),
+        (["compare", "TINY", "TINY", "--rsa", "euclid,spearman", "--out", "RUN"], "unknown RDM method"),
+        (["compare", "TINY", "TINY", "--rsa", "correlation", "--out", "RUN"], "--rsa takes RDM,COMPARE"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, tiny_folder, capsys, args, words):
@@ -97,6 +100,36 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tiny_folder, capsys, args, wo
     args = [{"TINY": tiny_folder, "OUT": str(out), "RUN": str(run)}.get(a, a) for a in args]
     _one_line_error(capsys, main(args), words)
     assert not out.exists()
+
+
+def test_compare_two_models(tmp_path, tiny_folder, capsys):
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            tiny_folder,
+            tiny_folder,
+            "--limit",
+            "24",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "-m",
+            "linear_cka",
+            "-m",
+            "rbf_cka",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    rows = (out / "results" / "cka.csv").read_text().splitlines()
+    assert rows[0] == "model_a,layer_a,model_b,layer_b,measure,split,value"
+    # the same model twice: A and B agree exactly, layer by layer
+    same = [r.split(",") for r in rows[1:] if r.startswith("A,") and ",B," in r]
+    assert all(float(r[-1]) == pytest.approx(1.0) for r in same if r[1] == r[3])
+    assert (out / "results" / "rsa.csv").exists() and (out / "report.html").exists()
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert {"linear_cka_A_vs_B.png", "rbf_cka_A_vs_A.png", "rsa_correlation_spearman_A_vs_B.png"} <= figures
 
 
 def test_offline_hub_id_names_the_fix(monkeypatch, capsys):

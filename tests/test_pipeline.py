@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tunescope._io import read_csv
+from tunescope.data import get_task
 from tunescope.errors import InputError, UnknownNameError
 from tunescope.pipeline import STAGES, AnalyzeConfig, analyze, read_manifest
 from tunescope.report import build_report
@@ -48,6 +49,50 @@ def test_analyze_writes_run_folder(tmp_path, tiny_folder):
     assert '<img src="figures' not in html  # self-contained
     assert list((root / "figures").glob("*.png"))
     assert not list(root.rglob("*.tmp"))
+
+
+def test_two_models_measures_and_rsa(tmp_path, tiny_folder, tmp_path_factory):
+    other = tmp_path_factory.mktemp("tiny-bert-other")
+    encoder = tiny_model("bert", num_layers=3, seed=1)
+    encoder.model.save_pretrained(other)
+    encoder.tokenizer.save_pretrained(other)
+    config = _config(
+        tmp_path,
+        tiny_folder,
+        tuned=str(other),
+        measures=("linear_cka", "linear_cka:debiased"),
+        rsa=("cosine", "pearson"),
+        stages=("similarity",),
+    )
+    root = analyze(config, progress=False)
+    cka = read_csv(root / "results" / "cka.csv")
+    pairs = {(r["model_a"], r["model_b"], r["measure"]) for r in cka}
+    assert pairs == {
+        (a, b, m)
+        for a, b in [("base", "base"), ("tuned", "tuned"), ("base", "tuned")]
+        for m in ("linear_cka", "linear_cka:debiased")
+    }
+    assert len(cka) == 3 * 2 * 16
+    rsa = read_csv(root / "results" / "rsa.csv")
+    assert list(rsa[0]) == ["model_a", "layer_a", "model_b", "layer_b", "rdm", "compare", "split", "value"]
+    assert {(r["rdm"], r["compare"]) for r in rsa} == {("cosine", "pearson")}
+    # the table's numbers are the library's numbers on the same representations
+    from tunescope.extract import extract
+    from tunescope.models import load_encoder
+    from tunescope.similarity import linear_cka
+
+    examples = get_task(config.task).load(config.split, limit=40)
+    a = extract(load_encoder(tiny_folder), examples, pooling="mean", max_length=128, progress=False)
+    b = extract(load_encoder(str(other)), examples, pooling="mean", max_length=128, progress=False)
+    row = next(
+        r
+        for r in cka
+        if (r["model_a"], r["layer_a"], r["model_b"], r["layer_b"], r["measure"])
+        == ("base", "2", "tuned", "3", "linear_cka")
+    )
+    assert float(row["value"]) == pytest.approx(float(linear_cka(a[2], b[3])), abs=1e-6)  # float32 inputs
+    assert "How much each layer changed" not in (root / "report.html").read_text()  # a figure, not text
+    assert (root / "figures" / "same_layer_similarity.png").exists()
 
 
 def test_rerun_skips_done_stages_and_report_rebuilds_from_tables(tmp_path, tiny_folder, monkeypatch):

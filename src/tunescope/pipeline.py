@@ -73,6 +73,11 @@ class AnalyzeConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seed for everything random.
         stages: names of the stages to run (default: all registered, in order).
+        measures: layer-similarity measures for ``cka.csv`` (keys of ``tunescope.similarity.MEASURES``
+            other than ``rsa``; a ``:debiased`` suffix asks for the unbiased HSIC estimator).
+        rsa: (rdm, compare) of the RSA written to ``rsa.csv``, or None to skip RSA.
+        labels: what the two models are called in tables and figures (``base``/``tuned`` in
+            ``analyze``; ``compare`` uses ``A``/``B``).
     """
 
     out: Path = Path("runs/latest")
@@ -88,6 +93,9 @@ class AnalyzeConfig:
     device: str = "auto"
     seed: int = 0
     stages: tuple[str, ...] | None = None
+    measures: tuple[str, ...] = ("linear_cka",)
+    rsa: tuple[str, str] | None = ("correlation", "spearman")
+    labels: tuple[str, str] = ("base", "tuned")
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON values."""
@@ -174,18 +182,25 @@ class RunContext:
         return get_task(self.config.task)
 
     def model_names(self) -> list[str]:
-        """``base``, plus ``tuned`` when a fine-tuned model is part of the run."""
-        return ["base", "tuned"] if self.config.tuned else ["base"]
+        """The first model's label (``base``), plus the second's (``tuned``) when the run has one."""
+        first, second = self.config.labels
+        return [first, second] if self.config.tuned else [first]
 
-    def encoder(self, which: str = "base") -> Encoder:
-        """The pre-trained (``base``) or fine-tuned (``tuned``) encoder, loaded once, on the run's device."""
+    def encoder(self, which: str | None = None) -> Encoder:
+        """The first (``base``) or second (``tuned``) model's encoder, loaded once, on the run's device."""
+        first, second = self.config.labels
+        which = which or first
         if which not in self._encoders:
             from tunescope.models import load_encoder
 
-            source = {"base": self.config.model, "tuned": self.config.tuned}.get(which)
-            if which == "tuned" and source is None:
+            sources = {first: self.config.model, second: self.config.tuned}
+            if which not in sources:
+                raise InputError(
+                    f"no model called {which!r} in this run; it has {', '.join(self.model_names())}"
+                )
+            if which == second and self.config.tuned is None:
                 raise InputError("this run has no fine-tuned model; pass --tuned DIR")
-            self._encoders[which] = load_encoder(source, device=str(self.device))
+            self._encoders[which] = load_encoder(sources[which], device=str(self.device))
         return self._encoders[which]
 
     def examples(self, split: str | None = None) -> Examples:
@@ -199,7 +214,7 @@ class RunContext:
 
     def representations(
         self,
-        which: str = "base",
+        which: str | None = None,
         split: str | None = None,
         pooling: str | None = None,
         *,
@@ -213,6 +228,7 @@ class RunContext:
         """
         from tunescope.extract import extract
 
+        which = which or self.config.labels[0]
         split = split or self.config.split
         pooling = pooling or self.config.pooling
         key = (which, split, pooling)

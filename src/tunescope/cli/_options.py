@@ -50,3 +50,31 @@ def load_examples(
         examples = load_file(data, text=text, text_pair=text_pair, label=label)
         return examples.head(limit) if limit is not None else examples
     return get_task(task or "movie-sentiment").load(split, data_dir=data_dir, limit=limit)
+
+
+def sentence_pooling(pooling: str) -> str:
+    """Check a sentence pooling name (``mean`` or ``cls``) before anything slow runs."""
+    from tunescope.errors import UnknownNameError
+    from tunescope.extract import POOLINGS
+
+    if pooling not in POOLINGS or pooling == "tokens":
+        raise UnknownNameError("sentence pooling", pooling, [p for p in POOLINGS if p != "tokens"])
+    return pooling
+
+
+def rsa_option(value: str) -> tuple[str, str] | None:
+    """``"correlation,spearman"`` -> ("correlation", "spearman"); ``"none"`` -> None; names checked."""
+    from tunescope.errors import UnknownNameError
+    from tunescope.similarity import COMPARISONS, RDM_METHODS
+
+    if value.strip().lower() == "none":
+        return None
+    parts = [p.strip() for p in value.split(",")]
+    if len(parts) != 2:
+        raise InputError(f"--rsa takes RDM,COMPARE (e.g. correlation,spearman) or none; got {value!r}")
+    rdm, compare = parts
+    if rdm not in RDM_METHODS:
+        raise UnknownNameError("RDM method", rdm, RDM_METHODS)
+    if compare not in COMPARISONS:
+        raise UnknownNameError("RDM comparison", compare, COMPARISONS)
+    return rdm, compare

@@ -23,6 +23,15 @@ def analyze(
     data_dir: opt.DataDir = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
     stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stages to run.")] = None,
+    measure: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--measure", "-m", help="Similarity measure(s); default linear_cka; ':debiased' suffix."
+        ),
+    ] = None,
+    rsa: Annotated[
+        str, typer.Option("--rsa", help="RDM,COMPARE for rsa.csv, or 'none'.")
+    ] = "correlation,spearman",
     device: opt.Device = "auto",
     seed: opt.Seed = 0,
 ) -> None:
@@ -37,13 +46,13 @@ def analyze(
 
         tunescope analyze bert-base-uncased --tuned my-sst2-model --task sst2 --data-dir glue/ --out runs/sst2
     """
-    from tunescope.errors import UnknownNameError
-    from tunescope.extract import POOLINGS
     from tunescope.pipeline import AnalyzeConfig
     from tunescope.pipeline import analyze as run_analyze
+    from tunescope.stages.similarity import parse_measure
 
-    if pooling not in POOLINGS or pooling == "tokens":
-        raise UnknownNameError("sentence pooling", pooling, [p for p in POOLINGS if p != "tokens"])
+    measures = tuple(measure or ["linear_cka"])
+    for spec in measures:  # fail before anything slow
+        parse_measure(spec)
     config = AnalyzeConfig(
         out=out,
         model=model,
@@ -52,11 +61,13 @@ def analyze(
         data_dir=str(data_dir) if data_dir else None,
         split=split,
         limit=limit or None,
-        pooling=pooling,
+        pooling=opt.sentence_pooling(pooling),
         batch_size=batch_size,
         device=device,
         seed=seed,
         stages=tuple(s.strip() for s in stages.split(",")) if stages else None,
+        measures=measures,
+        rsa=opt.rsa_option(rsa),
     )
     root = run_analyze(config)
     typer.echo(f"report: {root / 'report.html'}")

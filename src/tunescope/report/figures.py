@@ -80,7 +80,8 @@ def plot_similarity_matrix(
     """Heatmap of a layer-by-layer similarity matrix; rows are ``label_a``'s layers, columns ``label_b``'s.
 
     Args:
-        matrix: (len(layers_a), len(layers_b)) similarity values in [0, 1].
+        matrix: (len(layers_a), len(layers_b)) values; the colour scale is [0, 1] when they all lie in it,
+            else their range (RSA correlations, Procrustes distances).
         layers_a, layers_b: layer indices of the rows and columns.
         label_a, label_b: which model each axis shows (written on the axes).
         measure: the measure's name, for the colour bar.
@@ -88,7 +89,12 @@ def plot_similarity_matrix(
         ax: axes to draw on (a new figure when None).
     """
     fig, ax = _axes(ax, (4.4, 3.8))
-    image = ax.imshow(matrix, origin="lower", vmin=0.0, vmax=1.0, cmap="magma", **imshow)
+    finite = matrix[np.isfinite(matrix)]
+    in_unit = finite.size == 0 or (finite.min() >= 0.0 and finite.max() <= 1.0)
+    limits = (
+        {"vmin": 0.0, "vmax": 1.0} if in_unit else {"vmin": float(finite.min()), "vmax": float(finite.max())}
+    )
+    image = ax.imshow(matrix, origin="lower", cmap="magma", **{**limits, **imshow})
     ax.set_xticks(range(len(layers_b)), [str(x) for x in layers_b], fontsize=7)
     ax.set_yticks(range(len(layers_a)), [str(x) for x in layers_a], fontsize=7)
     ax.set_xlabel(f"layer of {label_b}")

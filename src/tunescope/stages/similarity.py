@@ -1,59 +1,109 @@
-"""Stage ``similarity``: layer-by-layer CKA inside each model and between the models, with blocks."""
+"""Stage ``similarity``: every layer pair inside each model and between the two models, plus blocks.
+
+Writes ``cka.csv`` (the measures of ``AnalyzeConfig.measures``: linear CKA by default; Kornblith et al.
+2019), ``rsa.csv`` (representational similarity analysis; Kriegeskorte et al. 2008, as used by Merchant
+et al. 2020) and ``blocks.csv`` (contiguous blocks of similar layers inside each model; Phang et al. 2021).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from tunescope.errors import UnknownNameError
 from tunescope.pipeline import RunContext, Stage, Table, register_stage
 
 CKA_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "measure", "split", "value")
+RSA_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "rdm", "compare", "split", "value")
 BLOCK_COLUMNS = ("model", "measure", "block", "first_layer", "last_layer", "score")
-MEASURE = "linear_cka"
+DEBIASED = ":debiased"
+# measures whose values are similarities in [0, 1] with 1 on the diagonal: blocks make sense for them
+BLOCK_MEASURES = {"linear_cka", "rbf_cka", "minibatch_cka", "svcca", "pwcca"}
+
+
+def parse_measure(spec: str) -> tuple[str, bool]:
+    """``"linear_cka:debiased"`` -> ``("linear_cka", True)``; checks the name against the registry."""
+    from tunescope.similarity import MEASURES
+
+    name, debiased = (spec[: -len(DEBIASED)], True) if spec.endswith(DEBIASED) else (spec, False)
+    valid = [m for m in MEASURES if m != "rsa"]
+    if name not in valid:
+        raise UnknownNameError("similarity measure", spec, valid, hint="RSA is configured with --rsa")
+    return name, debiased
 
 
 def run(ctx: RunContext) -> list[Table]:
-    """Within-model linear CKA matrices (and base-vs-tuned when a tuned model is given), with blocks."""
+    """Layer-by-layer similarity matrices for each model and between the two, with detected blocks."""
     from tunescope.similarity import cka_matrix, find_blocks
 
     split = ctx.config.split
     models = ctx.model_names()
-    pairs = [(m, m) for m in models] + ([("base", "tuned")] if "tuned" in models else [])
-    rows, block_rows = [], []
-    for model_a, model_b in pairs:
-        reps_a, reps_b = ctx.representations(model_a), ctx.representations(model_b)
-        matrix = cka_matrix(reps_a, None if model_a == model_b else reps_b, measure=MEASURE)
-        for i, layer_a in enumerate(reps_a.layers):
-            for j, layer_b in enumerate(reps_b.layers):
-                rows.append(
-                    {
-                        "model_a": model_a,
-                        "layer_a": layer_a,
-                        "model_b": model_b,
-                        "layer_b": layer_b,
-                        "measure": MEASURE,
-                        "split": split,
-                        "value": float(matrix[i, j]),
-                    }
-                )
-        if model_a == model_b:
-            found = find_blocks(matrix)
-            for number, (first, last) in enumerate(found.blocks):
-                block_rows.append(
-                    {
-                        "model": model_a,
-                        "measure": MEASURE,
-                        "block": number,
-                        "first_layer": reps_a.layers[first],
-                        "last_layer": reps_a.layers[last],
-                        "score": found.score,
-                    }
-                )
-    return [Table("cka", CKA_COLUMNS, rows), Table("blocks", BLOCK_COLUMNS, block_rows)]
+    pairs = [(m, m) for m in models] + ([(models[0], models[1])] if len(models) == 2 else [])
+    reps = {m: ctx.representations(m) for m in models}
+    cka_rows: list[dict[str, Any]] = []
+    rsa_rows: list[dict[str, Any]] = []
+    block_rows: list[dict[str, Any]] = []
+    for spec in ctx.config.measures:
+        measure, debiased = parse_measure(spec)
+        for a, b in pairs:
+            matrix = cka_matrix(reps[a], None if a == b else reps[b], measure=measure, debiased=debiased)
+            for i, la in enumerate(reps[a].layers):
+                for j, lb in enumerate(reps[b].layers):
+                    cka_rows.append(
+                        {
+                            "model_a": a,
+                            "layer_a": la,
+                            "model_b": b,
+                            "layer_b": lb,
+                            "measure": spec,
+                            "split": split,
+                            "value": float(matrix[i, j]),
+                        }
+                    )
+            if a == b and measure in BLOCK_MEASURES and len(reps[a].layers) > 1:
+                found = find_blocks(matrix)
+                for number, (first, last) in enumerate(found.blocks):
+                    block_rows.append(
+                        {
+                            "model": a,
+                            "measure": spec,
+                            "block": number,
+                            "first_layer": reps[a].layers[first],
+                            "last_layer": reps[a].layers[last],
+                            "score": found.score,
+                        }
+                    )
+    tables = [Table("cka", CKA_COLUMNS, cka_rows), Table("blocks", BLOCK_COLUMNS, block_rows)]
+    if ctx.config.rsa is not None:
+        rdm, compare = ctx.config.rsa
+        for a, b in pairs:
+            matrix = cka_matrix(reps[a], None if a == b else reps[b], measure="rsa", rdm=rdm, compare=compare)
+            for i, la in enumerate(reps[a].layers):
+                for j, lb in enumerate(reps[b].layers):
+                    rsa_rows.append(
+                        {
+                            "model_a": a,
+                            "layer_a": la,
+                            "model_b": b,
+                            "layer_b": lb,
+                            "rdm": rdm,
+                            "compare": compare,
+                            "split": split,
+                            "value": float(matrix[i, j]),
+                        }
+                    )
+        tables.append(Table("rsa", RSA_COLUMNS, rsa_rows))
+    return tables
 
 
 register_stage(
     Stage(
         name="similarity",
-        title="Layer similarity (CKA)",
+        title="Layer similarity (CKA and RSA)",
         run=run,
-        description="Linear CKA between every pair of layers (Kornblith et al. 2019), and contiguous blocks.",
+        description=(
+            "Similarity between every pair of layers, inside each model and between the two models: linear "
+            "CKA (Kornblith et al. 2019) and RSA (Kriegeskorte et al. 2008), with contiguous blocks of "
+            "similar layers."
+        ),
     )
 )

@@ -1,0 +1,75 @@
+"""``tunescope compare``: layer-by-layer similarity between two models on the same inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunescope.cli import _options as opt
+
+
+def compare(
+    model_a: Annotated[
+        str, typer.Argument(help="First model (folder or hub id; 'default' = embedded model).")
+    ],
+    model_b: Annotated[str, typer.Argument(help="Second model, e.g. the fine-tuned one.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/compare"),
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="Task whose texts are the inputs.")
+    ] = "movie-sentiment",
+    measure: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--measure", "-m", help="linear_cka (default), rbf_cka, svcca, ...; ':debiased' suffix."
+        ),
+    ] = None,
+    rsa: Annotated[
+        str, typer.Option("--rsa", help="RDM,COMPARE for rsa.csv, or 'none'.")
+    ] = "correlation,spearman",
+    split: opt.Split = "validation",
+    limit: Annotated[int | None, typer.Option("--limit", help="Examples compared (0 = all).")] = 1000,
+    pooling: Annotated[str, typer.Option("--pooling", help="mean or cls.")] = "mean",
+    data_dir: opt.DataDir = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    device: opt.Device = "auto",
+    seed: opt.Seed = 0,
+) -> None:
+    """Write OUT/results/cka.csv and rsa.csv (every layer pair of A×A, B×B and A×B) and heatmaps.
+
+    Examples:
+
+        tunescope compare default path/to/finetuned --task movie-sentiment --out runs/cmp
+
+        tunescope compare bert-base-uncased my-model --measure linear_cka --measure linear_cka:debiased
+    """
+    from tunescope.pipeline import AnalyzeConfig, analyze
+    from tunescope.stages.similarity import parse_measure
+
+    measures = tuple(measure or ["linear_cka"])
+    for spec in measures:  # fail before anything slow
+        parse_measure(spec)
+    config = AnalyzeConfig(
+        out=out,
+        model=None if model_a == "default" else model_a,
+        tuned=None if model_b == "default" else model_b,
+        task=task,
+        data_dir=str(data_dir) if data_dir else None,
+        split=split,
+        limit=limit or None,
+        pooling=opt.sentence_pooling(pooling),
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        stages=("similarity",),
+        measures=measures,
+        rsa=opt.rsa_option(rsa),
+        labels=("A", "B"),
+    )
+    root = analyze(config)
+    typer.echo(f"tables: {root / 'results'}; report: {root / 'report.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
