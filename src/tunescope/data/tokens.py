@@ -30,7 +30,8 @@ class TokenExamples:
         silver: True when the tags are predicted by a tagger (spaCy), not gold annotations.
 
     Example:
-        >>> ex = TokenExamples([["a", "cat"], ["runs"]], [[0, 1], [2]], ("DET", "NOUN", "VERB"), "upos", "train")
+        >>> tags = ("DET", "NOUN", "VERB")
+        >>> ex = TokenExamples([["a", "cat"], ["runs"]], [[0, 1], [2]], tags, "upos", "train")
         >>> len(ex), ex.n_words, ex.texts
         (2, 3, ['a cat', 'runs'])
     """
