@@ -453,6 +453,9 @@ def _load(
         model = auto_class.from_pretrained(source.ref, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
         raise _wrap_load_error(source, "weights", exc) from exc
+    from tunescope.surgery import apply_saved_surgery  # here: surgery imports this module
+
+    model = apply_saved_surgery(model)  # re-apply FFN removals recorded in the config
     model = model.to(torch_device)
     model.eval()
     folder = source.folder

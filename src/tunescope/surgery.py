@@ -1,0 +1,734 @@
+"""Model surgery: truncate top layers, restore or re-initialise layers, freeze, remove FFN sublayers.
+
+Every function works on any supported family through its
+:class:`~tunescope.models.adapters.ArchitectureAdapter`, takes an
+:class:`~tunescope.models.Encoder` or a bare ``transformers.PreTrainedModel`` (base or task model) and
+gives back the same kind. Layers are numbered as in DESIGN.md: ``1..L`` are the transformer layers
+(``0``, the embedding output, has no attention or FFN). The functions that change weights or structure
+(:func:`truncate`, :func:`restore_layers`, :func:`reinit_layers`, :func:`remove_ffn`) work on a deep
+copy and leave their input untouched; :func:`freeze_layers` and :func:`freeze_embeddings` change
+``requires_grad`` in place, as a training setup does.
+
+ALBERT shares one layer module across all ``L`` positions (one per hidden group). Truncating it means
+running the shared layer fewer times. Restoring, re-initialising, freezing or removing the FFN of
+*one* position would change every position that shares the module, so those functions refuse a set of
+layers that splits a shared module (pass every position, e.g. ``range(1, L + 1)``).
+
+A removed FFN cannot be expressed in a plain transformers config, so :func:`remove_ffn` records the
+removed layers under the config key :data:`REMOVED_FFN_KEY`; :func:`apply_saved_surgery` re-applies
+the removal after ``from_pretrained`` (``tunescope.models.load_encoder``/``load_classifier`` call it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import numpy as np
+import torch
+import transformers
+from torch import nn
+
+from tunescope.errors import InputError, ModelLoadError, UnsupportedArchitectureError
+from tunescope.models.adapters import ArchitectureAdapter, SharedLayerAdapter, get_adapter
+from tunescope.models.loading import Encoder, from_model
+
+__all__ = [
+    "REMOVED_FFN_KEY",
+    "apply_saved_surgery",
+    "count_parameters",
+    "export",
+    "freeze_embeddings",
+    "freeze_layers",
+    "reinit_layers",
+    "remove_ffn",
+    "removed_ffn_layers",
+    "require_classifier",
+    "restore_layers",
+    "trainable_parameters",
+    "truncate",
+]
+
+logger = logging.getLogger(__name__)
+
+REMOVED_FFN_KEY = "tunescope_removed_ffn"
+"""Config key listing the layers (1-based, sorted) whose FFN sublayer :func:`remove_ffn` removed."""
+
+ModelT = TypeVar("ModelT", Encoder, transformers.PreTrainedModel)
+
+
+# ------------------------------------------------------------------------------------------------
+# the modules that stand in for a removed FFN
+# ------------------------------------------------------------------------------------------------
+class _RemovedFFNPart(nn.Module):
+    """Marker base class: a parameter-free stand-in for one part of a removed FFN sublayer."""
+
+    def extra_repr(self) -> str:
+        return "FFN removed by tunescope.surgery.remove_ffn"
+
+
+class _SkippedUp(_RemovedFFNPart):
+    """Stands in for the up projection: returns a zero-width tensor, so no FFN work is done."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states[..., :0]
+
+
+class _ZeroDown(_RemovedFFNPart):
+    """Stands in for the down projection: returns zeros of width ``d_model`` (the residual adds nothing)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states.new_zeros(*hidden_states.shape[:-1], self.width)
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}, {super().extra_repr()}"
+
+
+class _SkippedNorm(_RemovedFFNPart):
+    """Stands in for the LayerNorm closing the FFN block: returns its input (``0 + attention output``)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+
+# ------------------------------------------------------------------------------------------------
+# small helpers
+# ------------------------------------------------------------------------------------------------
+def _split(model: Encoder | transformers.PreTrainedModel) -> transformers.PreTrainedModel:
+    """The transformers model of an Encoder or a bare model."""
+    hf = model.model if isinstance(model, Encoder) else model
+    if not isinstance(hf, nn.Module) or getattr(hf, "config", None) is None:
+        raise InputError(
+            f"expected a tunescope Encoder or a transformers PreTrainedModel, got {type(model).__name__}"
+        )
+    return hf
+
+
+def _like(original: ModelT, new: transformers.PreTrainedModel, what: str) -> ModelT:
+    """Wrap ``new`` like ``original``: an Encoder (same tokenizer, name noting ``what``) or a bare model."""
+    if isinstance(original, Encoder):
+        return cast(ModelT, from_model(new, original.tokenizer, name=f"{original.name}@{what}"))
+    return cast(ModelT, new)
+
+
+def _span(layers: Sequence[int]) -> str:
+    """``[1, 2, 3]`` -> ``"1..3"``, ``[2, 5]`` -> ``"2,5"``."""
+    if len(layers) > 2 and list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}..{layers[-1]}"
+    return ",".join(str(x) for x in layers)
+
+
+def _layer_list(layers: int | Iterable[int], n_layers: int, what: str) -> list[int]:
+    """Validate 1-based layer numbers; return them sorted without repeats."""
+    items = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+    if not items:
+        raise InputError(f"{what}: no layers given; pass layer numbers in 1..{n_layers}")
+    chosen: set[int] = set()
+    for layer in items:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise InputError(
+                f"{what}: layer {layer!r} is not an integer; pass layer numbers in 1..{n_layers}"
+            )
+        if not 1 <= int(layer) <= n_layers:
+            raise InputError(
+                f"{what}: layer {layer} is out of range; transformer layers are 1..{n_layers} "
+                "(0 is the embedding output, which has no attention or FFN)"
+            )
+        chosen.add(int(layer))
+    return sorted(chosen)
+
+
+def _check_shared(adapter: ArchitectureAdapter, model: nn.Module, chosen: list[int], what: str) -> None:
+    """Refuse a layer set that contains some, but not all, positions of a shared (ALBERT) layer module."""
+    if not adapter.shared_layers():
+        return
+    positions: dict[int, list[int]] = {}
+    for position, module in enumerate(adapter.layers(model), start=1):
+        positions.setdefault(id(module), []).append(position)
+    n_layers = sum(len(p) for p in positions.values())
+    for layer in chosen:
+        sharing = next(p for p in positions.values() if layer in p)
+        if not set(sharing) <= set(chosen):
+            every = f", e.g. layers=range(1, {n_layers + 1})" if len(sharing) == n_layers else ""
+            raise InputError(
+                f"{what}: {adapter.family} layers {_span(sharing)} are one shared module, so layer {layer} "
+                f"cannot be changed alone; pass all of {_span(sharing)}{every}"
+            )
+
+
+def _set_config(model: nn.Module, key: str, value: Any) -> None:
+    """Set ``key`` on every distinct HF config object held by the model or its submodules."""
+    seen: set[int] = set()
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if isinstance(config, transformers.PretrainedConfig) and id(config) not in seen:
+            seen.add(id(config))
+            setattr(config, key, value)
+
+
+def _describe(adapter: ArchitectureAdapter, model: nn.Module) -> str:
+    config = model.config
+    return (
+        f"{adapter.family}, {adapter.num_layers(config)} layers, d_model {adapter.hidden_size(config)}, "
+        f"d_ff {adapter.intermediate_size(config)}"
+    )
+
+
+def count_parameters(model: Encoder | nn.Module) -> int:
+    """Number of parameters (shared ALBERT weights and tied embeddings counted once).
+
+    Args:
+        model: An :class:`~tunescope.models.Encoder` or any ``nn.Module``.
+
+    Returns:
+        The total number of scalar parameters.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> enc = tiny_model("bert")
+        >>> count_parameters(enc) == sum(p.numel() for p in enc.model.parameters())
+        True
+    """
+    module = model.model if isinstance(model, Encoder) else model
+    return sum(p.numel() for p in module.parameters())  # a shared parameter is yielded once
+
+
+def trainable_parameters(model: Encoder | nn.Module) -> int:
+    """Number of parameters with ``requires_grad`` set (shared weights counted once).
+
+    Args:
+        model: An :class:`~tunescope.models.Encoder` or any ``nn.Module``.
+
+    Returns:
+        The number of scalar parameters an optimizer would update.
+    """
+    module = model.model if isinstance(model, Encoder) else model
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def require_classifier(
+    model: Encoder | transformers.PreTrainedModel, purpose: str = "this step"
+) -> nn.ModuleDict:
+    """The model's classifier head, or a one-line error when it has none.
+
+    Args:
+        model: An Encoder or a transformers model.
+        purpose: What needs the head (named in the error), e.g. ``"a truncation sweep"``.
+
+    Returns:
+        The head parts in data-flow order (see
+        :meth:`~tunescope.models.adapters.ArchitectureAdapter.classifier_head`).
+
+    Raises:
+        InputError: The model is a base model (``AutoModel``) without a classifier head.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> list(require_classifier(tiny_model("bert", task="classifier")))
+        ['pooler', 'classifier']
+    """
+    hf = _split(model)
+    adapter = get_adapter(hf)
+    head = adapter.classifier_head(hf)
+    if head is None:
+        raise InputError(
+            f"{purpose} needs a model with a classifier head, but this {adapter.family} model "
+            f"({type(hf).__name__}) has none; load it with tunescope.models.load_classifier(...) "
+            "or AutoModelForSequenceClassification"
+        )
+    return head
+
+
+# ------------------------------------------------------------------------------------------------
+# truncation
+# ------------------------------------------------------------------------------------------------
+def _group_index(position: int, n_layers: int, n_groups: int) -> int:
+    """The hidden group ALBERT runs at 0-based ``position`` (the formula of ``AlbertTransformer``)."""
+    return int(position / (n_layers / n_groups))
+
+
+def _albert_keeps(n_layers: int, n_groups: int, keep: int) -> int | None:
+    """Groups an ALBERT truncated to ``keep`` layers needs, or ``None`` if the formula cannot express it."""
+    wanted = [_group_index(i, n_layers, n_groups) for i in range(keep)]
+    used = wanted[-1] + 1
+    return used if [_group_index(i, keep, used) for i in range(keep)] == wanted else None
+
+
+def _truncate_shared(adapter: SharedLayerAdapter, model: nn.Module, keep: int) -> None:
+    """Keep the first ALBERT positions: fewer applications of the shared group(s), same weights."""
+    config = model.config
+    n_layers, n_groups = adapter.num_layers(config), int(getattr(config, "num_hidden_groups", 1))
+    used = _albert_keeps(n_layers, n_groups, keep)
+    if used is None:
+        valid = [k for k in range(1, n_layers + 1) if _albert_keeps(n_layers, n_groups, k) is not None]
+        raise InputError(
+            f"truncate: an ALBERT with {n_layers} layers in {n_groups} hidden groups can only keep whole "
+            f"runs of its groups; choose keep in {', '.join(map(str, valid))}"
+        )
+    base = adapter.base_model(model)
+    for path in adapter.group_list:
+        parent_path, _, name = path.rpartition(".")
+        parent = base.get_submodule(parent_path) if parent_path else base
+        groups = getattr(parent, name, None)
+        if isinstance(groups, nn.ModuleList):
+            setattr(parent, name, nn.ModuleList(list(groups)[:used]))
+            _set_config(model, "num_hidden_groups", used)
+            return
+    raise UnsupportedArchitectureError(
+        f"albert model has no layer groups at {' or '.join(adapter.group_list)}"
+    )
+
+
+def _truncate_stack(adapter: ArchitectureAdapter, model: nn.Module, keep: int) -> None:
+    """Keep the first ``keep`` modules of the family's layer ``ModuleList``."""
+    base = adapter.base_model(model)
+    for path in adapter.layer_list:
+        parent_path, _, name = path.rpartition(".")
+        try:
+            parent = base.get_submodule(parent_path) if parent_path else base
+        except AttributeError:
+            continue
+        stack = getattr(parent, name, None)
+        if isinstance(stack, nn.ModuleList):
+            setattr(parent, name, nn.ModuleList(list(stack)[:keep]))
+            if isinstance(getattr(parent, "n_layers", None), int):  # DistilBERT's Transformer caches it
+                setattr(parent, "n_layers", keep)  # noqa: B010
+            return
+    raise UnsupportedArchitectureError(
+        f"{adapter.family} model has no layer list at {' or '.join(adapter.layer_list)}"
+    )
+
+
+def truncate(model: ModelT, keep: int) -> ModelT:
+    """Drop the top ``L - keep`` transformer layers; keep embeddings, pooler and classifier head.
+
+    The result computes the classifier head on the output of layer ``keep``: its last hidden state
+    equals the full model's ``hidden_states[keep]``. ``config.num_hidden_layers`` becomes ``keep``, so a
+    folder written by :func:`export` loads in plain transformers. For ALBERT the shared layer is simply
+    run ``keep`` times (with several hidden groups, only the groups the first ``keep`` positions use are
+    kept). FFN removals recorded in the config (see :func:`remove_ffn`) above ``keep`` are dropped.
+
+    Args:
+        model: An Encoder or a transformers base or task model; it is not modified.
+        keep: Number of layers to keep, ``1..L``.
+
+    Returns:
+        A new model of the same kind (a new Encoder with the same tokenizer for an Encoder).
+
+    Raises:
+        InputError: ``keep`` is not in ``1..L`` (or, for an ALBERT with several hidden groups, would
+            split a group's run of positions).
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> enc = tiny_model("bert", task="classifier", num_layers=3)
+        >>> small = truncate(enc, keep=2)
+        >>> small.num_layers, enc.num_layers
+        (2, 3)
+    """
+    hf = _split(model)
+    adapter = get_adapter(hf)
+    n_layers = adapter.num_layers(hf.config)
+    if isinstance(keep, bool) or not isinstance(keep, (int, np.integer)) or not 1 <= int(keep) <= n_layers:
+        raise InputError(
+            f"truncate: keep={keep!r} is invalid; keep between 1 and {n_layers} layers (L={n_layers})"
+        )
+    keep = int(keep)
+    new = copy.deepcopy(hf)
+    if isinstance(adapter, SharedLayerAdapter):
+        _truncate_shared(adapter, new, keep)
+    else:
+        _truncate_stack(adapter, new, keep)
+    _set_config(new, "num_hidden_layers", keep)
+    removed = removed_ffn_layers(new)
+    if removed:
+        _set_config(new, REMOVED_FFN_KEY, [layer for layer in removed if layer <= keep])
+    return _like(model, new, f"truncate={keep}")
+
+
+# ------------------------------------------------------------------------------------------------
+# restore / re-initialise / freeze
+# ------------------------------------------------------------------------------------------------
+def restore_layers(
+    tuned: ModelT, base: Encoder | transformers.PreTrainedModel, layers: int | Iterable[int]
+) -> ModelT:
+    """Copy the chosen layers' weights from ``base`` (pre-trained) into a copy of ``tuned``.
+
+    Only the transformer layers are touched (attention, FFN and their LayerNorms); embeddings, pooler
+    and classifier stay ``tuned``'s. ``base`` may be a base model and ``tuned`` a task model of the
+    same architecture.
+
+    Args:
+        tuned: The fine-tuned Encoder or model; it is not modified.
+        base: The pre-trained Encoder or model, same family and size.
+        layers: Layer numbers (``1..L``) to restore.
+
+    Returns:
+        A new model of ``tuned``'s kind.
+
+    Raises:
+        InputError: Empty or out-of-range layers; ``base`` and ``tuned`` differ in family, depth or
+            layer shapes; for ALBERT, a set that splits the shared layer (restore all layers or none).
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> tuned, base = tiny_model("bert", task="classifier", seed=1), tiny_model("bert")
+        >>> new = restore_layers(tuned, base, [2])
+        >>> import torch
+        >>> torch.equal(new.adapter.ffn(new.model, 2).up.weight, base.adapter.ffn(base.model, 2).up.weight)
+        True
+    """
+    hf_tuned, hf_base = _split(tuned), _split(base)
+    adapter, base_adapter = get_adapter(hf_tuned), get_adapter(hf_base)
+    n_layers = adapter.num_layers(hf_tuned.config)
+    if adapter.family != base_adapter.family or n_layers != base_adapter.num_layers(hf_base.config):
+        raise InputError(
+            f"restore_layers: tuned ({_describe(adapter, hf_tuned)}) and base "
+            f"({_describe(base_adapter, hf_base)}) differ; pass the pre-trained model tuned was made from"
+        )
+    chosen = _layer_list(layers, n_layers, "restore_layers")
+    _check_shared(adapter, hf_tuned, chosen, "restore_layers")
+    new = copy.deepcopy(hf_tuned)
+    for layer in chosen:
+        source = base_adapter.layer(hf_base, layer).state_dict()
+        target = adapter.layer(new, layer)
+        wanted = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in source.items()}
+        if wanted != found:
+            diff = sorted(set(wanted.items()) ^ set(found.items()))[0][0]
+            raise InputError(
+                f"restore_layers: layer {layer} differs between tuned ({_describe(adapter, hf_tuned)}) and "
+                f"base ({_describe(base_adapter, hf_base)}) at {diff!r} (a removed FFN or another size?); "
+                "base and tuned must be the same architecture and size"
+            )
+        target.load_state_dict(source)
+    return _like(tuned, new, f"restore={_span(chosen)}")
+
+
+def _layer_seed(seed: int, layer: int) -> int:
+    """An independent seed for each (seed, layer) pair."""
+    return int(np.random.SeedSequence([seed, layer]).generate_state(1)[0])
+
+
+def _forget_loaded(module: nn.Module) -> None:
+    """Drop transformers 5's "loaded from a checkpoint" marks, which make its init functions skip a tensor."""
+    for tensor in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+        if hasattr(tensor, "_is_hf_initialized"):
+            delattr(tensor, "_is_hf_initialized")
+
+
+def reinit_layers(model: ModelT, layers: int | Iterable[int], *, seed: int = 0) -> ModelT:
+    """Re-initialise the chosen layers with the model's own ``_init_weights`` (the family's init).
+
+    Each layer is re-drawn from a seed derived from ``(seed, layer)``, so a layer's new weights do not
+    depend on which other layers are re-initialised; the global RNG state is left unchanged.
+
+    Args:
+        model: An Encoder or transformers model; it is not modified.
+        layers: Layer numbers (``1..L``).
+        seed: Non-negative seed.
+
+    Returns:
+        A new model of the same kind.
+
+    Raises:
+        InputError: Empty or out-of-range layers, a negative seed, or (ALBERT) a set that splits the
+            shared layer.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> enc = tiny_model("bert")
+        >>> import torch
+        >>> a, b = reinit_layers(enc, [1], seed=3), reinit_layers(enc, [1, 2], seed=3)
+        >>> torch.equal(a.adapter.ffn(a.model, 1).up.weight, b.adapter.ffn(b.model, 1).up.weight)
+        True
+    """
+    hf = _split(model)
+    adapter = get_adapter(hf)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"reinit_layers: seed must be a non-negative integer, got {seed!r}")
+    chosen = _layer_list(layers, adapter.num_layers(hf.config), "reinit_layers")
+    _check_shared(adapter, hf, chosen, "reinit_layers")
+    new = copy.deepcopy(hf)
+    init_weights = getattr(new, "_init_weights", None)
+    if not callable(init_weights):
+        raise UnsupportedArchitectureError(
+            f"{type(new).__name__} has no _init_weights; reinit_layers needs a transformers PreTrainedModel"
+        )
+    devices = sorted({p.device.index or 0 for p in new.parameters() if p.device.type == "cuda"})
+    done: set[int] = set()
+    for layer in chosen:
+        module = adapter.layer(new, layer)
+        if id(module) in done:  # a shared ALBERT module: initialise it once
+            continue
+        done.add(id(module))
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            torch.manual_seed(_layer_seed(int(seed), layer))
+            for sub in module.modules():
+                _forget_loaded(sub)
+                init_weights(sub)
+    return _like(model, new, f"reinit={_span(chosen)},seed={seed}")
+
+
+def freeze_layers(model: ModelT, layers: int | Iterable[int]) -> ModelT:
+    """Set ``requires_grad = False`` on every parameter of the chosen layers, in place.
+
+    Args:
+        model: An Encoder or transformers model (modified in place).
+        layers: Layer numbers (``1..L``).
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        InputError: Empty or out-of-range layers, or (ALBERT) a set that splits the shared layer.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> enc = tiny_model("bert")
+        >>> before = trainable_parameters(enc)
+        >>> trainable_parameters(freeze_layers(enc, [1])) < before
+        True
+    """
+    hf = _split(model)
+    adapter = get_adapter(hf)
+    chosen = _layer_list(layers, adapter.num_layers(hf.config), "freeze_layers")
+    _check_shared(adapter, hf, chosen, "freeze_layers")
+    for layer in chosen:
+        for parameter in adapter.layer(hf, layer).parameters():
+            parameter.requires_grad_(False)
+    return model
+
+
+def freeze_embeddings(model: ModelT) -> ModelT:
+    """Set ``requires_grad = False`` on everything of the base model outside its layers and pooler, in place.
+
+    That is everything below layer 1 or shared by all layers: word, position and token-type
+    embeddings and their LayerNorm, ELECTRA's and ALBERT's projection of the embeddings to ``d_model``,
+    DeBERTa-v2's relative position embeddings and MPNet's relative attention bias (and tied MLM output
+    embeddings with them). Transformer layers, poolers and the task head keep their flags.
+
+    Args:
+        model: An Encoder or transformers model (modified in place).
+
+    Returns:
+        ``model`` itself.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> enc = freeze_embeddings(tiny_model("bert", task="classifier"))
+        >>> enc.adapter.embeddings(enc.model).word_embeddings.weight.requires_grad
+        False
+    """
+    hf = _split(model)
+    adapter = get_adapter(hf)
+    base = adapter.base_model(hf)
+    keep = {id(p) for layer in adapter.layers(hf) for p in layer.parameters()}
+    for path in adapter.base_head_parts:
+        with contextlib.suppress(AttributeError):
+            keep |= {id(p) for p in base.get_submodule(path).parameters()}
+    for parameter in base.parameters():
+        if id(parameter) not in keep:
+            parameter.requires_grad_(False)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# FFN removal
+# ------------------------------------------------------------------------------------------------
+def _ffn_removed(layer_module: nn.Module) -> bool:
+    return any(isinstance(m, _RemovedFFNPart) for m in layer_module.modules())
+
+
+def _replace(owner: nn.Module, path: str, replacement: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = owner.get_submodule(parent_path) if parent_path else owner
+    setattr(parent, name, replacement)
+
+
+def removed_ffn_layers(model: Encoder | transformers.PreTrainedModel) -> list[int]:
+    """Layers (1-based, sorted) whose FFN the model's config records as removed; ``[]`` if none.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> removed_ffn_layers(remove_ffn(tiny_model("bert"), [2]))
+        [2]
+    """
+    config = _split(model).config
+    value = getattr(config, REMOVED_FFN_KEY, None)
+    return [] if not value else sorted(int(x) for x in value)
+
+
+def _remove_ffn_in_place(model: transformers.PreTrainedModel, chosen: list[int]) -> None:
+    adapter = get_adapter(model)
+    for layer in chosen:
+        owner = adapter.layer(model, layer)
+        if _ffn_removed(owner):  # a shared ALBERT module, or removed before
+            continue
+        parts = adapter.ffn(model, layer)
+        _replace(owner, parts.up_name, _SkippedUp())
+        _replace(owner, parts.down_name, _ZeroDown(parts.down.out_features))
+        _replace(owner, parts.layer_norm_name, _SkippedNorm())
+    _set_config(model, REMOVED_FFN_KEY, sorted(set(removed_ffn_layers(model)) | set(chosen)))
+
+
+def remove_ffn(model: ModelT, layers: int | Iterable[int]) -> ModelT:
+    """Remove the FFN sublayer of the chosen layers: each such layer outputs its attention block's output.
+
+    In every supported (post-LN) family a layer computes ``a = attention_block(h)`` and then
+    ``h_out = layer_norm(a + down(act(up(a))))``. After removal ``h_out = a``: the up projection, the
+    down projection and the FFN's residual LayerNorm are replaced by parameter-free stand-ins
+    (zero-width up, zero down, identity norm; no FFN arithmetic is left), so the parameter count drops
+    by exactly those three modules' parameters. The removed layers are recorded in
+    ``config.tunescope_removed_ffn`` so that saved models load back through tunescope (see
+    :func:`apply_saved_surgery`); plain ``from_pretrained`` alone would rebuild random FFNs.
+    Removing an already removed FFN is a no-op.
+
+    Args:
+        model: An Encoder or transformers model; it is not modified.
+        layers: Layer numbers (``1..L``); for ALBERT, every layer (the FFN is shared).
+
+    Returns:
+        A new model of the same kind.
+
+    Raises:
+        InputError: Empty or out-of-range layers, or (ALBERT) a set that splits the shared layer.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> enc = tiny_model("bert")
+        >>> count_parameters(enc) - count_parameters(remove_ffn(enc, [1]))  # 32*37+37 + 37*32+32 + 2*32
+        2501
+    """
+    hf = _split(model)
+    adapter = get_adapter(hf)
+    chosen = _layer_list(layers, adapter.num_layers(hf.config), "remove_ffn")
+    _check_shared(adapter, hf, chosen, "remove_ffn")
+    new = copy.deepcopy(hf)
+    _remove_ffn_in_place(new, chosen)
+    return _like(model, new, f"remove_ffn={_span(chosen)}")
+
+
+def apply_saved_surgery(model: ModelT) -> ModelT:
+    """Re-apply the surgery a saved config records (FFN removals) to a freshly loaded model, in place.
+
+    ``from_pretrained`` builds every FFN and fills removed ones with random weights (reporting them as
+    missing); this replaces them again, so the model computes what was saved. A model whose config
+    records nothing is returned unchanged. ``tunescope.models.load_encoder``/``load_classifier`` call
+    this after loading.
+
+    Args:
+        model: An Encoder or transformers model just loaded (modified in place).
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        ModelLoadError: The config's ``tunescope_removed_ffn`` entry is not a list of layers in ``1..L``.
+    """
+    hf = _split(model)
+    value = getattr(hf.config, REMOVED_FFN_KEY, None)
+    if not value:
+        return model
+    adapter = get_adapter(hf)
+    n_layers = adapter.num_layers(hf.config)
+    try:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"expected a list of layers, got {type(value).__name__}")
+        chosen = _layer_list(value, n_layers, REMOVED_FFN_KEY)
+        _check_shared(adapter, hf, chosen, REMOVED_FFN_KEY)
+    except InputError as exc:
+        raise ModelLoadError(
+            f"config entry {REMOVED_FFN_KEY}={value!r} is invalid ({exc}); the folder was not written by "
+            "tunescope.surgery or its config.json was edited"
+        ) from exc
+    _remove_ffn_in_place(hf, chosen)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# export
+# ------------------------------------------------------------------------------------------------
+def export(
+    model: Encoder | transformers.PreTrainedModel,
+    out: str | os.PathLike[str],
+    tokenizer: transformers.PreTrainedTokenizerBase | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a Hugging Face model folder (config, safetensors weights, tokenizer), atomically.
+
+    Everything is written into a temporary folder beside ``out`` and renamed into place, so a failure
+    leaves no half folder. A truncated model's folder says ``num_hidden_layers = keep`` and loads in
+    plain ``AutoModel``/``AutoModelForSequenceClassification`` with identical outputs. A model with
+    removed FFNs must be loaded through ``tunescope.models.load_encoder``/``load_classifier`` (or
+    ``from_pretrained`` followed by :func:`apply_saved_surgery`).
+
+    Args:
+        model: An Encoder or transformers model.
+        out: The folder to create.
+        tokenizer: Tokenizer to save; default: the Encoder's. Without one the folder holds no tokenizer
+            files (tunescope's loaders then refuse it).
+        overwrite: Replace an existing non-empty ``out``.
+
+    Returns:
+        The folder written.
+
+    Raises:
+        InputError: ``out`` exists and is a file, or a non-empty folder and ``overwrite`` is false.
+    """
+    hf = _split(model)
+    if tokenizer is None and isinstance(model, Encoder):
+        tokenizer = model.tokenizer
+    target = Path(out).expanduser()
+    if target.exists() and not target.is_dir():
+        raise InputError(f"export: {target} is a file; pass a folder path")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise InputError(
+            f"export: {target} exists and is not empty; choose a new folder or pass overwrite=True"
+        )
+    if removed_ffn_layers(hf):
+        logger.warning(
+            "%s holds a model with removed FFNs (layers %s): load it with tunescope.models.load_* "
+            "(plain from_pretrained would rebuild random FFNs)",
+            target,
+            _span(removed_ffn_layers(hf)),
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        hf.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` onto ``target``; an existing ``target`` is moved aside first and then deleted."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rmdir(old)
+    os.replace(target, old)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
