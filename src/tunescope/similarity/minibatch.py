@@ -26,17 +26,24 @@ __all__ = ["MinibatchCKA", "minibatch_cka", "KERNELS"]
 
 Kernel = Literal["linear", "rbf"]
 HsicTriple = tuple[Tensor, Tensor, Tensor]
+#: per-batch result: unbiased HSIC (ab, aa, bb) and, per side, (2, L) centered and raw sums of squares
+BatchResult = tuple[HsicTriple, list[Tensor]]
 
 
-def _linear_batch(xs: list[Tensor], ys: list[Tensor] | None, sigma: float) -> HsicTriple:
+def _linear_batch(xs: list[Tensor], ys: list[Tensor] | None, sigma: float) -> BatchResult:
     del sigma
     parts = linear_parts(xs, ys, debiased=True, check=False, what="minibatch CKA")
-    return hsic_from_parts(parts, debiased=True)
+    assert parts.raw_a is not None and parts.raw_b is not None
+    spread = [torch.stack([parts.trace_a, parts.raw_a])]
+    if ys is not None:
+        spread.append(torch.stack([parts.trace_b, parts.raw_b]))
+    return hsic_from_parts(parts, debiased=True), spread
 
 
-def _rbf_batch(xs: list[Tensor], ys: list[Tensor] | None, sigma: float) -> HsicTriple:
+def _rbf_batch(xs: list[Tensor], ys: list[Tensor] | None, sigma: float) -> BatchResult:
     grams_b = None if ys is None else [rbf_gram(y, sigma) for y in ys]
-    return gram_hsic_matrix([rbf_gram(x, sigma) for x in xs], grams_b, debiased=True)
+    h = gram_hsic_matrix([rbf_gram(x, sigma) for x in xs], grams_b, debiased=True)
+    return h, [_spread(side) for side in (xs, ys) if side is not None]
 
 
 def _spread(layers: list[Tensor]) -> Tensor:
@@ -49,7 +56,7 @@ def _spread(layers: list[Tensor]) -> Tensor:
 
 
 #: kernel name -> per-batch all-pairs unbiased HSIC
-KERNELS: dict[str, Callable[[list[Tensor], list[Tensor] | None, float], HsicTriple]] = {
+KERNELS: dict[str, Callable[[list[Tensor], list[Tensor] | None, float], BatchResult]] = {
     "linear": _linear_batch,
     "rbf": _rbf_batch,
 }
@@ -109,8 +116,7 @@ class MinibatchCKA:
         layout = (ys is None, [x.shape[1] for x in xs], [] if ys is None else [y.shape[1] for y in ys])
         if self._layout is not None and layout != self._layout:
             raise MeasureError(f"batch layout {layout} differs from earlier batches' {self._layout}")
-        h = KERNELS[self.kernel](xs, ys, self.sigma)
-        spread = [_spread(side) for side in (xs, ys) if side is not None]
+        h, spread = KERNELS[self.kernel](xs, ys, self.sigma)
         self._layout = layout
         self._sums = (
             h if self._sums is None else (self._sums[0] + h[0], self._sums[1] + h[1], self._sums[2] + h[2])

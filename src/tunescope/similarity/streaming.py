@@ -37,10 +37,16 @@ from tunescope.similarity._validate import Layers, as_layers, check_variance, co
 __all__ = ["StreamingCKA"]
 
 
-def _layer_sq_norms(x64: Tensor, dims: Sequence[int]) -> Tensor:
-    """(n, n_layers): squared norm of every example in every layer of a concatenated (n, D) batch."""
-    off = offsets(dims)
-    return torch.stack([x64[:, off[i] : off[i + 1]].square().sum(dim=1) for i in range(len(dims))], dim=1)
+#: rows processed at a time inside `StreamingCKA.update` (bounds temporaries, whatever the batch size)
+STREAM_CHUNK_ROWS = 2048
+
+
+def _add_weighted_sums(out: Tensor, weights: Tensor, layers64: Sequence[Tensor]) -> None:
+    """``out (L_w, D) += weights^T [Y_1 .. Y_L]`` (weights (rows, L_w)), one layer block at a time."""
+    start = 0
+    for y in layers64:
+        out[:, start : start + y.shape[1]] += weights.T @ y
+        start += y.shape[1]
 
 
 def _indicator(dims: Sequence[int], values: Tensor) -> Tensor:
@@ -101,27 +107,33 @@ class _PairSums:
         self.q, self.r_xy = zeros(*lq), zeros(lq[0], dy if self.debiased else 0)
         self.r_yx = self.r_xy if self.symmetric else zeros(lq[1], dx if self.debiased else 0)
 
-    def add(self, xs: Sequence[Tensor], x64: Tensor, ys: Sequence[Tensor] | None, y64: Tensor | None) -> None:
-        """Add one batch: ``xs`` per-layer shifted values in the compute dtype, ``x64`` their float64
-        concatenation (n_batch, Dx); ``ys``/``y64`` likewise, or None when symmetric."""
-        self.n += x64.shape[0]
-        self.s_x += x64.sum(dim=0)
-        px = _layer_sq_norms(x64, self.dims_x)
+    def add(
+        self,
+        xs: Sequence[Tensor],
+        xs64: Sequence[Tensor],
+        ys: Sequence[Tensor] | None,
+        ys64: Sequence[Tensor] | None,
+    ) -> None:
+        """Add one chunk of examples: ``xs`` per-layer shifted values in the compute dtype, ``xs64`` the
+        same in float64; ``ys``/``ys64`` likewise, or None when symmetric."""
+        self.n += xs64[0].shape[0]
+        self.s_x += torch.cat([x.sum(dim=0) for x in xs64])
+        px = torch.stack([torch.linalg.vector_norm(x, dim=1).square() for x in xs64], dim=1)  # (rows, Lx)
         self.p_x += px.sum(dim=0)
-        if ys is None or y64 is None:
+        if ys is None or ys64 is None:
             add_upper_cross_products(self.c, xs)
             if self.debiased:
                 self.q += px.T @ px
-                self.r_xy += px.T @ x64
+                _add_weighted_sums(self.r_xy, px, xs64)
             return
-        self.s_y += y64.sum(dim=0)
-        py = _layer_sq_norms(y64, self.dims_y)
+        self.s_y += torch.cat([y.sum(dim=0) for y in ys64])
+        py = torch.stack([torch.linalg.vector_norm(y, dim=1).square() for y in ys64], dim=1)
         self.p_y += py.sum(dim=0)
         add_cross_products(self.c, xs, ys)
         if self.debiased:
             self.q += px.T @ py
-            self.r_xy += px.T @ y64
-            self.r_yx += py.T @ x64
+            _add_weighted_sums(self.r_xy, px, ys64)
+            _add_weighted_sums(self.r_yx, py, xs64)
 
     def full_c(self) -> Tensor:
         return _mirror_upper(self.c, self.dims_x) if self.symmetric else self.c
@@ -146,9 +158,6 @@ class _PairSums:
         d_y = d_x if self.symmetric else _indicator(self.dims_y, delta_y)
         m_x, u_x = d_x.square().sum(dim=1), d_x @ self.s_x
         m_y, u_y = (m_x, u_x) if self.symmetric else (d_y.square().sum(dim=1), d_y @ self.s_y)
-        new_c = c - torch.outer(self.s_x, delta_y) - torch.outer(delta_x, self.s_y)
-        new_c += n * torch.outer(delta_x, delta_y)
-        out.c = _keep_upper(new_c, self.dims_x) if self.symmetric else new_c
         out.s_x = self.s_x - n * delta_x
         out.p_x = self.p_x - 2 * u_x + n * m_x
         out.s_y = out.s_x if self.symmetric else self.s_y - n * delta_y
@@ -182,6 +191,10 @@ class _PairSums:
                 out.r_yx = out.r_xy
             else:
                 out.r_yx = new_r(self.r_yx, self.p_y, d_y @ c.T, u_y, m_y, self.s_x, delta_x)
+        new_c = c.clone() if c is self.c else c  # in-place rank-1 updates: no D x D temporaries
+        new_c.addr_(self.s_x, delta_y, alpha=-1.0).addr_(delta_x, self.s_y, alpha=-1.0)
+        new_c.addr_(delta_x, delta_y, alpha=float(n))
+        out.c = _keep_upper(new_c, self.dims_x) if self.symmetric else new_c
         return out
 
     def __add__(self, other: _PairSums) -> _PairSums:
@@ -270,17 +283,23 @@ class StreamingCKA:
                 f"batch has A={dims_a}, B={dims_b or 'none'}"
             )
         dtype = compute_dtype(*layers_a, *(layers_b or []))
-        xs, x64 = self._shifted(layers_a, self._shift_a, dtype)
-        assert self._pair is not None  # set by _start
-        if layers_b is None:
-            self._pair.add(xs, x64, None, None)
-            return self
-        ys, y64 = self._shifted(layers_b, self._shift_b, dtype)
-        self._pair.add(xs, x64, ys, y64)
-        for sums, x, x_64 in zip(self._self_a, xs, x64.split(dims_a, 1), strict=True):
-            sums.add([x], x_64, None, None)
-        for sums, y, y_64 in zip(self._self_b, ys, y64.split(dims_b, 1), strict=True):
-            sums.add([y], y_64, None, None)
+        assert self._pair is not None and self._shift_a is not None  # set by _start
+        shifts_a = self._shift_a.split(dims_a)
+        shifts_b = None if self._shift_b is None else self._shift_b.split(dims_b)
+        for start in range(0, layers_a[0].shape[0], STREAM_CHUNK_ROWS):
+            rows = slice(start, start + STREAM_CHUNK_ROWS)
+            xs64 = [x[rows].to(torch.float64) - c for x, c in zip(layers_a, shifts_a, strict=True)]
+            xs = [x.to(dtype) for x in xs64]
+            if layers_b is None or shifts_b is None:
+                self._pair.add(xs, xs64, None, None)
+                continue
+            ys64 = [y[rows].to(torch.float64) - c for y, c in zip(layers_b, shifts_b, strict=True)]
+            ys = [y.to(dtype) for y in ys64]
+            self._pair.add(xs, xs64, ys, ys64)
+            for sums, x, x64 in zip(self._self_a, xs, xs64, strict=True):
+                sums.add([x], [x64], None, None)
+            for sums, y, y64 in zip(self._self_b, ys, ys64, strict=True):
+                sums.add([y], [y64], None, None)
         return self
 
     def _start(self, layers_a: list[Tensor], layers_b: list[Tensor] | None) -> None:
@@ -296,14 +315,6 @@ class StreamingCKA:
         self._pair = _PairSums(self._dims_a, self._dims_b, False, self.debiased, device)
         self._self_a = [_PairSums([d], [d], True, self.debiased, device) for d in self._dims_a]
         self._self_b = [_PairSums([d], [d], True, self.debiased, device) for d in self._dims_b]
-
-    @staticmethod
-    def _shifted(
-        layers: list[Tensor], shift: Tensor | None, dtype: torch.dtype
-    ) -> tuple[list[Tensor], Tensor]:
-        assert shift is not None
-        x64 = torch.cat([x.to(torch.float64) for x in layers], dim=1) - shift
-        return [x.to(dtype) for x in x64.split([x.shape[1] for x in layers], dim=1)], x64
 
     def merge(self, other: StreamingCKA) -> StreamingCKA:
         """A new accumulator over the union of both accumulators' examples (neither is changed).
