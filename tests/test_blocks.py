@@ -10,6 +10,15 @@ from tunescope.similarity import cka_matrix, find_blocks
 from tunescope.testing import reference as ref
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small problems: one thread is as fast, and immune to a busy machine's thread contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def planted_matrix(
     sizes: list[int], seed: int, within: float = 0.85, between: float = 0.35, noise: float = 0.05
 ):

@@ -22,6 +22,15 @@ RSATOOLBOX_COMPARE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small problems: one thread is as fast, and immune to a busy machine's thread contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def data(seed: int, n: int = 14, ties: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 9, generator=g, dtype=torch.float64)

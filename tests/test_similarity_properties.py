@@ -21,6 +21,17 @@ from tunescope.similarity import (
 )
 
 SEEDS = [0, 1, 2]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small problems: one thread is as fast, and immune to a busy machine's thread contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 EXACT = {"rtol": 0.0, "atol": 1e-10}
 FLOAT32 = {"rtol": 0.0, "atol": 1e-6}
 MEASURES: dict[str, Callable[..., torch.Tensor]] = {

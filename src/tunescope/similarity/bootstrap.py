@@ -69,8 +69,8 @@ def bootstrap_ci(
         >>> import torch
         >>> from tunescope.similarity import linear_cka
         >>> g = torch.Generator().manual_seed(0)
-        >>> x = torch.randn(60, 4, generator=g)
-        >>> ci = bootstrap_ci(linear_cka, x, x + 0.5 * torch.randn(60, 4, generator=g), n_boot=50)
+        >>> x = torch.randn(30, 4, generator=g)
+        >>> ci = bootstrap_ci(linear_cka, x, x + 0.5 * torch.randn(30, 4, generator=g), n_boot=20)
         >>> ci.low <= ci.estimate <= ci.high
         True
     """

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from tunescope.errors import MeasureError, MissingExtraError, UnknownNameError
+from tunescope.errors import MeasureError, UnknownNameError
 from tunescope.similarity.cka import checked_pair
 
 __all__ = ["rdm", "rsa", "RDM_METHODS", "COMPARISONS"]
@@ -147,10 +147,7 @@ def _prep_cosine(v: Tensor) -> Tensor:
 
 def _kendall(tau_a: bool) -> Callable[[Tensor, Tensor], Tensor]:
     def compare(u: Tensor, v: Tensor) -> Tensor:
-        try:
-            from scipy.stats import kendalltau
-        except ImportError as err:  # pragma: no cover - scipy ships with the stats extra
-            raise MissingExtraError("scipy", "stats", "Kendall's tau") from err
+        from scipy.stats import kendalltau  # a core dependency
         a, b = u.cpu().numpy(), v.cpu().numpy()
         tau = float(kendalltau(a, b).statistic)
         if tau != tau:

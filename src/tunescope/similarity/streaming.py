@@ -10,6 +10,10 @@ mean of the first batch (a raw ``sum x y^T`` minus ``n mean mean^T`` cancels cat
 mean is large, as it is in transformer activations). Moving the sums from one shift to another is exact
 algebra (`_PairSums.reshifted`); `StreamingCKA.compute` moves them to the data mean, which centers them,
 and `StreamingCKA.merge` moves the other accumulator to this one's shift before adding.
+
+Batches are processed in chunks of `STREAM_CHUNK_ROWS` rows: each chunk's sums and products are taken
+in the batch dtype and added to float64 totals. The shift is the first batch's mean rounded to float32,
+so subtracting it is exact where the mean is large (Sterbenz) and the stored shift is the one used.
 """
 
 from __future__ import annotations
@@ -41,10 +45,16 @@ __all__ = ["StreamingCKA"]
 STREAM_CHUNK_ROWS = 2048
 
 
-def _add_weighted_sums(out: Tensor, weights: Tensor, layers64: Sequence[Tensor]) -> None:
+def _shift(layers: Sequence[Tensor]) -> Tensor:
+    """(D,) float64 shift: the first batch's means, rounded to float32 so that subtracting it in
+    float32 or float64 subtracts exactly the stored value."""
+    return torch.cat([x.to(torch.float64).mean(dim=0) for x in layers]).to(torch.float32).to(torch.float64)
+
+
+def _add_weighted_sums(out: Tensor, weights: Tensor, layers: Sequence[Tensor]) -> None:
     """``out (L_w, D) += weights^T [Y_1 .. Y_L]`` (weights (rows, L_w)), one layer block at a time."""
     start = 0
-    for y in layers64:
+    for y in layers:
         out[:, start : start + y.shape[1]] += weights.T @ y
         start += y.shape[1]
 
@@ -107,33 +117,28 @@ class _PairSums:
         self.q, self.r_xy = zeros(*lq), zeros(lq[0], dy if self.debiased else 0)
         self.r_yx = self.r_xy if self.symmetric else zeros(lq[1], dx if self.debiased else 0)
 
-    def add(
-        self,
-        xs: Sequence[Tensor],
-        xs64: Sequence[Tensor],
-        ys: Sequence[Tensor] | None,
-        ys64: Sequence[Tensor] | None,
-    ) -> None:
-        """Add one chunk of examples: ``xs`` per-layer shifted values in the compute dtype, ``xs64`` the
-        same in float64; ``ys``/``ys64`` likewise, or None when symmetric."""
-        self.n += xs64[0].shape[0]
-        self.s_x += torch.cat([x.sum(dim=0) for x in xs64])
-        px = torch.stack([torch.linalg.vector_norm(x, dim=1).square() for x in xs64], dim=1)  # (rows, Lx)
+    def add(self, xs: Sequence[Tensor], ys: Sequence[Tensor] | None) -> None:
+        """Add one chunk of examples: ``xs`` per-layer shifted values (compute dtype), ``ys`` likewise,
+        or None when symmetric. Every sum is taken in the compute dtype over the chunk's rows and
+        added to the float64 totals."""
+        self.n += xs[0].shape[0]
+        self.s_x += torch.cat([x.sum(dim=0) for x in xs])
+        px = torch.stack([torch.linalg.vector_norm(x, dim=1) for x in xs], dim=1).square_()  # (rows, Lx)
         self.p_x += px.sum(dim=0)
-        if ys is None or ys64 is None:
+        if ys is None:
             add_upper_cross_products(self.c, xs)
             if self.debiased:
                 self.q += px.T @ px
-                _add_weighted_sums(self.r_xy, px, xs64)
+                _add_weighted_sums(self.r_xy, px, xs)
             return
-        self.s_y += torch.cat([y.sum(dim=0) for y in ys64])
-        py = torch.stack([torch.linalg.vector_norm(y, dim=1).square() for y in ys64], dim=1)
+        self.s_y += torch.cat([y.sum(dim=0) for y in ys])
+        py = torch.stack([torch.linalg.vector_norm(y, dim=1) for y in ys], dim=1).square_()
         self.p_y += py.sum(dim=0)
         add_cross_products(self.c, xs, ys)
         if self.debiased:
             self.q += px.T @ py
-            _add_weighted_sums(self.r_xy, px, ys64)
-            _add_weighted_sums(self.r_yx, py, xs64)
+            _add_weighted_sums(self.r_xy, px, ys)
+            _add_weighted_sums(self.r_yx, py, xs)
 
     def full_c(self) -> Tensor:
         return _mirror_upper(self.c, self.dims_x) if self.symmetric else self.c
@@ -284,34 +289,33 @@ class StreamingCKA:
             )
         dtype = compute_dtype(*layers_a, *(layers_b or []))
         assert self._pair is not None and self._shift_a is not None  # set by _start
-        shifts_a = self._shift_a.split(dims_a)
-        shifts_b = None if self._shift_b is None else self._shift_b.split(dims_b)
+        shifts_a = [c.to(dtype) for c in self._shift_a.split(dims_a)]
+        shifts_b = None if self._shift_b is None else [c.to(dtype) for c in self._shift_b.split(dims_b)]
         for start in range(0, layers_a[0].shape[0], STREAM_CHUNK_ROWS):
             rows = slice(start, start + STREAM_CHUNK_ROWS)
-            xs64 = [x[rows].to(torch.float64) - c for x, c in zip(layers_a, shifts_a, strict=True)]
-            xs = [x.to(dtype) for x in xs64]
+            # exact where it matters: values near the shift subtract without rounding (Sterbenz)
+            xs = [x[rows].to(dtype) - c for x, c in zip(layers_a, shifts_a, strict=True)]
             if layers_b is None or shifts_b is None:
-                self._pair.add(xs, xs64, None, None)
+                self._pair.add(xs, None)
                 continue
-            ys64 = [y[rows].to(torch.float64) - c for y, c in zip(layers_b, shifts_b, strict=True)]
-            ys = [y.to(dtype) for y in ys64]
-            self._pair.add(xs, xs64, ys, ys64)
-            for sums, x, x64 in zip(self._self_a, xs, xs64, strict=True):
-                sums.add([x], [x64], None, None)
-            for sums, y, y64 in zip(self._self_b, ys, ys64, strict=True):
-                sums.add([y], [y64], None, None)
+            ys = [y[rows].to(dtype) - c for y, c in zip(layers_b, shifts_b, strict=True)]
+            self._pair.add(xs, ys)
+            for sums, x in zip(self._self_a, xs, strict=True):
+                sums.add([x], None)
+            for sums, y in zip(self._self_b, ys, strict=True):
+                sums.add([y], None)
         return self
 
     def _start(self, layers_a: list[Tensor], layers_b: list[Tensor] | None) -> None:
         device = layers_a[0].device
         self._within = layers_b is None
         self._dims_a = [x.shape[1] for x in layers_a]
-        self._shift_a = torch.cat([x.to(torch.float64).mean(dim=0) for x in layers_a])
+        self._shift_a = _shift(layers_a)
         if layers_b is None:
             self._pair = _PairSums(self._dims_a, self._dims_a, True, self.debiased, device)
             return
         self._dims_b = [y.shape[1] for y in layers_b]
-        self._shift_b = torch.cat([y.to(torch.float64).mean(dim=0) for y in layers_b])
+        self._shift_b = _shift(layers_b)
         self._pair = _PairSums(self._dims_a, self._dims_b, False, self.debiased, device)
         self._self_a = [_PairSums([d], [d], True, self.debiased, device) for d in self._dims_a]
         self._self_b = [_PairSums([d], [d], True, self.debiased, device) for d in self._dims_b]
