@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from tunescope.cli import analyze, compare, extract, info, report, tasks
+from tunescope.cli import analyze, compare, extract, finetune, info, report, tasks
 from tunescope.errors import TunescopeError
 
 app = typer.Typer(
@@ -18,7 +18,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (info, tasks, extract, compare, analyze, report):
+for module in (info, tasks, extract, compare, finetune, analyze, report):
     module.register(app)
 
 
