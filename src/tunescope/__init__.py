@@ -11,7 +11,10 @@ from importlib.metadata import PackageNotFoundError, version
 from tunescope.data import TASKS, Examples, Task, get_task, load_file
 from tunescope.errors import TunescopeError
 from tunescope.extract import POOLINGS, Representations, extract
+from tunescope.finetune import FinetuneConfig, FinetuneResult
+from tunescope.finetune import finetune as finetune
 from tunescope.layerstats import layer_statistics
+from tunescope.metrics import compute_metric, evaluate
 from tunescope.models import Encoder, HeadGates, get_adapter, load_classifier, load_encoder, mask_heads
 from tunescope.pipeline import AnalyzeConfig, analyze
 from tunescope.report import build_report
@@ -44,6 +47,12 @@ __all__ = [
     "Representations",
     "POOLINGS",
     "layer_statistics",
+    # fine-tuning and evaluation
+    "finetune",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "evaluate",
+    "compute_metric",
     # pipeline and report
     "AnalyzeConfig",
     "analyze",

