@@ -148,6 +148,7 @@ def _prep_cosine(v: Tensor) -> Tensor:
 def _kendall(tau_a: bool) -> Callable[[Tensor, Tensor], Tensor]:
     def compare(u: Tensor, v: Tensor) -> Tensor:
         from scipy.stats import kendalltau  # a core dependency
+
         a, b = u.cpu().numpy(), v.cpu().numpy()
         tau = float(kendalltau(a, b).statistic)
         if tau != tau:
