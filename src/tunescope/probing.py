@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tunescope._labels import row_labels
 from tunescope.errors import DataError, InputError
 from tunescope.extract import Representations
 
@@ -36,23 +37,6 @@ Labels = Sequence[Hashable] | np.ndarray | Tensor
 
 
 # --- input checks ---------------------------------------------------------------------------------
-
-
-def _as_label_array(labels: Labels | None, n_rows: int, what: str) -> np.ndarray:
-    """``labels`` as a 1-D numpy array with one entry per row, or DataError."""
-    if labels is None:
-        raise DataError(f"{what}: no labels given, and the representations carry none")
-    if isinstance(labels, Tensor):
-        labels = labels.detach().cpu().numpy()
-    array = np.asarray(labels)
-    if array.ndim != 1:
-        raise DataError(f"{what}: labels must be one label per row (1-D); got shape {array.shape}")
-    if len(array) != n_rows:
-        raise DataError(
-            f"{what}: {len(array)} labels for {n_rows} rows of representations; give exactly one label per "
-            "row (for token-level probes, one per word: check that word labels are aligned with words)"
-        )
-    return array
 
 
 def _layers_of(reps: LayerReps, what: str) -> dict[int, Tensor]:
@@ -370,8 +354,8 @@ class LayerProbes:
                 )
         n_train = next(iter(layers.values())).shape[0]
         n_val = next(iter(val_layers.values())).shape[0]
-        labels = _as_label_array(_default_labels(train, y_train), n_train, "train")
-        val_labels = _as_label_array(_default_labels(validation, y_validation), n_val, "validation")
+        labels = row_labels(_default_labels(train, y_train), n_train, "train")
+        val_labels = row_labels(_default_labels(validation, y_validation), n_val, "validation")
         classes, codes = np.unique(labels, return_inverse=True)
         if len(classes) < 2:
             raise DataError(
@@ -442,7 +426,7 @@ class LayerProbes:
         """Layer -> accuracy of the chosen probe on ``reps`` (labels ``y``, or ``reps.labels``)."""
         predictions = self.predict(reps)
         n_rows = len(next(iter(predictions.values())))
-        labels = _as_label_array(_default_labels(reps, y), n_rows, "score")
+        labels = row_labels(_default_labels(reps, y), n_rows, "score")
         return {layer: float(np.mean(pred == labels)) for layer, pred in predictions.items()}
 
     # -- internals --
@@ -580,11 +564,11 @@ def control_labels(
         >>> bool(control[0] == control[2])
         True
     """
-    values = _as_label_array(labels, len(labels), "control_labels")
+    values = row_labels(labels, len(labels), "control_labels")
     rng = np.random.default_rng(seed)
     if groups is None:
         return values[rng.permutation(len(values))]
-    group_array = _as_label_array(groups, len(values), "control_labels groups")
+    group_array = row_labels(groups, len(values), "control_labels groups")
     _, type_of_row = np.unique(group_array.astype(str), return_inverse=True)
     classes, counts = np.unique(values, return_counts=True)
     type_labels = rng.choice(
@@ -649,10 +633,10 @@ def probe_layers(
     """
     train_layers = _layers_of(train_reps, "train_reps")
     n_train_all = next(iter(train_layers.values())).shape[0]
-    y_train_all = _as_label_array(_default_labels(train_reps, train_labels), n_train_all, "train")
+    y_train_all = row_labels(_default_labels(train_reps, train_labels), n_train_all, "train")
     test_layers = _layers_of(test_reps, "test_reps")
     n_test = next(iter(test_layers.values())).shape[0]
-    y_test = _as_label_array(_default_labels(test_reps, test_labels), n_test, "test")
+    y_test = row_labels(_default_labels(test_reps, test_labels), n_test, "test")
     tokens = isinstance(train_reps, Representations) and train_reps.pooling == "tokens"
     if control and tokens and word_types is None:
         raise InputError(
@@ -666,15 +650,15 @@ def probe_layers(
         )
     types_train = types_test = None
     if word_types is not None:
-        types_train = _as_label_array(word_types[0], n_train_all, "word_types[0] (train)")
-        types_test = _as_label_array(word_types[1], n_test, "word_types[1] (test)")
+        types_train = row_labels(word_types[0], n_train_all, "word_types[0] (train)")
+        types_test = row_labels(word_types[1], n_test, "word_types[1] (test)")
 
     # validation rows
     fit_rows: np.ndarray | slice
     if validation is not None:
         val_layers = _layers_of(validation[0], "validation")
         n_val = next(iter(val_layers.values())).shape[0]
-        y_val = _as_label_array(_default_labels(validation[0], validation[1]), n_val, "validation")
+        y_val = row_labels(_default_labels(validation[0], validation[1]), n_val, "validation")
         fit_layers, y_fit, fit_rows = train_layers, y_train_all, slice(None)
         val_rows = None
     else:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tunescope._labels import row_labels
 from tunescope.errors import DataError, InputError, MeasureError
 from tunescope.extract import Representations
 from tunescope.similarity._validate import as_matrix
@@ -42,22 +43,6 @@ LayerBatch = Mapping[int, Tensor] | Sequence[Tensor]
 PINV_RTOL = 1e-10
 #: rows processed at a time in `VariabilityStats.update` (bounds temporaries)
 CHUNK_ROWS = 4096
-
-
-def _labels(labels: Labels | None, n_rows: int, what: str) -> np.ndarray:
-    if labels is None:
-        raise DataError(f"{what}: no labels given, and the representations carry none")
-    if isinstance(labels, Tensor):
-        labels = labels.detach().cpu().numpy()
-    array = np.asarray(labels)
-    if array.ndim != 1:
-        raise DataError(f"{what}: labels must be one label per row (1-D); got shape {array.shape}")
-    if len(array) != n_rows:
-        raise DataError(
-            f"{what}: {len(array)} labels for {n_rows} rows; give exactly one label per row (per word for "
-            "token-level representations: check that word labels are aligned with words)"
-        )
-    return array
 
 
 def _add_class_sums(
@@ -148,7 +133,7 @@ def variability(x: Tensor, labels: Labels) -> float:
         0.125
     """
     x = as_matrix(x, "x")
-    values = _labels(labels, x.shape[0], "variability")
+    values = row_labels(labels, x.shape[0], "variability")
     classes, codes = np.unique(values, return_inverse=True)
     if len(classes) < 2:
         raise DataError(f"variability needs at least two classes; every label is {classes[0]!r}")
@@ -231,7 +216,7 @@ class VariabilityStats:
         for key, x in zip(layers, xs, strict=True):
             if x.shape[0] != n:
                 raise MeasureError(f"every layer needs the same rows; layer {key} has {x.shape[0]}, not {n}")
-        values = _labels(labels, n, "VariabilityStats.update")
+        values = row_labels(labels, n, "VariabilityStats.update")
         dims = [x.shape[1] for x in xs]
         if not self._layers:
             self._start(layers, dims, xs)
