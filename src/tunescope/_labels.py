@@ -25,6 +25,6 @@ def row_labels(labels: Tensor | np.ndarray | Sequence[Any] | None, n_rows: int, 
     if len(array) != n_rows:
         raise DataError(
             f"{what}: {len(array)} labels for {n_rows} rows of representations; give exactly one label "
-            "per row (for token-level representations, one per word: check word labels are aligned with words)"
+            "per row (one per word for token-level representations: word labels aligned with words)"
         )
     return array
