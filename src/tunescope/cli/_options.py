@@ -26,6 +26,14 @@ PairColumn = Annotated[str | None, typer.Option("--text-pair", help="Column with
 LabelColumn = Annotated[str | None, typer.Option("--label", help="Column with the label (with --data).")]
 Split = Annotated[str, typer.Option("--split", help="Split of the task to use.")]
 Limit = Annotated[int | None, typer.Option("--limit", help="Use at most this many examples.")]
+AnalysisLimit = Annotated[int | None, typer.Option("--limit", help="Examples analysed (0 = all).")]
+SentencePooling = Annotated[str, typer.Option("--pooling", help="mean or cls.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Examples per forward pass.")]
+Measures = Annotated[
+    list[str] | None,
+    typer.Option("--measure", "-m", help="linear_cka (default), rbf_cka, svcca, ...; ':debiased' suffix."),
+]
+Rsa = Annotated[str, typer.Option("--rsa", help="RDM,COMPARE for rsa.csv, or 'none'.")]
 
 
 def load_examples(
@@ -50,6 +58,16 @@ def load_examples(
         examples = load_file(data, text=text, text_pair=text_pair, label=label)
         return examples.head(limit) if limit is not None else examples
     return get_task(task or "movie-sentiment").load(split, data_dir=data_dir, limit=limit)
+
+
+def measures(values: list[str] | None) -> tuple[str, ...]:
+    """The ``--measure`` values (default ``linear_cka``), checked before anything slow runs."""
+    from tunescope.stages.similarity import parse_measure
+
+    chosen = tuple(values or ["linear_cka"])
+    for spec in chosen:
+        parse_measure(spec)
+    return chosen
 
 
 def sentence_pooling(pooling: str) -> str:

@@ -18,20 +18,13 @@ def analyze(
     task: Annotated[str, typer.Option("--task", "-t", help="Task name.")] = "movie-sentiment",
     tuned: Annotated[str | None, typer.Option("--tuned", help="Fine-tuned model to compare with.")] = None,
     split: opt.Split = "validation",
-    limit: Annotated[int | None, typer.Option("--limit", help="Examples analysed (0 = all).")] = 1000,
-    pooling: Annotated[str, typer.Option("--pooling", help="mean or cls.")] = "mean",
+    limit: opt.AnalysisLimit = 1000,
+    pooling: opt.SentencePooling = "mean",
     data_dir: opt.DataDir = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    batch_size: opt.BatchSize = 32,
     stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stages to run.")] = None,
-    measure: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--measure", "-m", help="Similarity measure(s); default linear_cka; ':debiased' suffix."
-        ),
-    ] = None,
-    rsa: Annotated[
-        str, typer.Option("--rsa", help="RDM,COMPARE for rsa.csv, or 'none'.")
-    ] = "correlation,spearman",
+    measure: opt.Measures = None,
+    rsa: opt.Rsa = "correlation,spearman",
     device: opt.Device = "auto",
     seed: opt.Seed = 0,
 ) -> None:
@@ -48,11 +41,7 @@ def analyze(
     """
     from tunescope.pipeline import AnalyzeConfig
     from tunescope.pipeline import analyze as run_analyze
-    from tunescope.stages.similarity import parse_measure
 
-    measures = tuple(measure or ["linear_cka"])
-    for spec in measures:  # fail before anything slow
-        parse_measure(spec)
     config = AnalyzeConfig(
         out=out,
         model=model,
@@ -66,7 +55,7 @@ def analyze(
         device=device,
         seed=seed,
         stages=tuple(s.strip() for s in stages.split(",")) if stages else None,
-        measures=measures,
+        measures=opt.measures(measure),
         rsa=opt.rsa_option(rsa),
     )
     root = run_analyze(config)

@@ -19,20 +19,13 @@ def compare(
     task: Annotated[
         str, typer.Option("--task", "-t", help="Task whose texts are the inputs.")
     ] = "movie-sentiment",
-    measure: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--measure", "-m", help="linear_cka (default), rbf_cka, svcca, ...; ':debiased' suffix."
-        ),
-    ] = None,
-    rsa: Annotated[
-        str, typer.Option("--rsa", help="RDM,COMPARE for rsa.csv, or 'none'.")
-    ] = "correlation,spearman",
+    measure: opt.Measures = None,
+    rsa: opt.Rsa = "correlation,spearman",
     split: opt.Split = "validation",
-    limit: Annotated[int | None, typer.Option("--limit", help="Examples compared (0 = all).")] = 1000,
-    pooling: Annotated[str, typer.Option("--pooling", help="mean or cls.")] = "mean",
+    limit: opt.AnalysisLimit = 1000,
+    pooling: opt.SentencePooling = "mean",
     data_dir: opt.DataDir = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    batch_size: opt.BatchSize = 32,
     device: opt.Device = "auto",
     seed: opt.Seed = 0,
 ) -> None:
@@ -45,11 +38,7 @@ def compare(
         tunescope compare bert-base-uncased my-model --measure linear_cka --measure linear_cka:debiased
     """
     from tunescope.pipeline import AnalyzeConfig, analyze
-    from tunescope.stages.similarity import parse_measure
 
-    measures = tuple(measure or ["linear_cka"])
-    for spec in measures:  # fail before anything slow
-        parse_measure(spec)
     config = AnalyzeConfig(
         out=out,
         model=None if model_a == "default" else model_a,
@@ -63,7 +52,7 @@ def compare(
         device=device,
         seed=seed,
         stages=("similarity",),
-        measures=measures,
+        measures=opt.measures(measure),
         rsa=opt.rsa_option(rsa),
         labels=("A", "B"),
     )
