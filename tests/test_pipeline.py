@@ -95,6 +95,37 @@ def test_two_models_measures_and_rsa(tmp_path, tiny_folder, tmp_path_factory):
     assert (root / "figures" / "same_layer_similarity.png").exists()
 
 
+def test_truncation_curve_of_a_tuned_classifier(tmp_path, tiny_folder, tmp_path_factory):
+    from tunescope.metrics import evaluate
+    from tunescope.models import load_classifier
+    from tunescope.surgery import count_parameters, truncate
+
+    folder = tmp_path_factory.mktemp("tiny-bert-classifier")
+    classifier = tiny_model("bert", task="classifier", num_labels=2, num_layers=3, seed=2)
+    classifier.model.save_pretrained(folder)
+    classifier.tokenizer.save_pretrained(folder)
+    config = _config(tmp_path, tiny_folder, tuned=str(folder), stages=("truncation",))
+    root = analyze(config, progress=False)
+    rows = read_csv(root / "results" / "truncation.csv")
+    assert [int(r["layers_kept"]) for r in rows] == [3, 2, 1]
+    assert list(rows[0]) == ["layers_kept", "metric", "value", "params", "seconds_per_batch"]
+    examples = get_task(config.task).load(config.split, limit=40)
+    tuned = load_classifier(str(folder))
+    for row in rows:  # each value is the truncated model's own evaluation
+        model = truncate(tuned, int(row["layers_kept"]))
+        assert float(row["value"]) == pytest.approx(evaluate(model, examples)["accuracy"])
+        assert int(row["params"]) == count_parameters(model)
+    assert int(rows[0]["params"]) > int(rows[-1]["params"])
+    html = (root / "report.html").read_text()
+    assert "Dropping top layers" in html and "layers kept" in html
+
+
+def test_truncation_without_tuned_model_is_a_note(tmp_path, tiny_folder):
+    root = analyze(_config(tmp_path, tiny_folder, stages=("truncation",)), progress=False)
+    assert not (root / "results" / "truncation.csv").exists()
+    assert any("no fine-tuned model" in note for note in read_manifest(root)["notes"])
+
+
 def test_rerun_skips_done_stages_and_report_rebuilds_from_tables(tmp_path, tiny_folder, monkeypatch):
     root = analyze(_config(tmp_path, tiny_folder), progress=False)
     before = json.loads((root / "manifest.json").read_text())["stages"]
@@ -112,6 +143,15 @@ def test_rerun_skips_done_stages_and_report_rebuilds_from_tables(tmp_path, tiny_
     (root / "report.html").unlink()
     build_report(root)
     assert (root / "report.html").exists()
+
+
+def test_constant_layer_is_left_out_with_a_note(tmp_path, tiny_folder):
+    root = analyze(_config(tmp_path, tiny_folder, pooling="cls", stages=("similarity",)), progress=False)
+    layers = {r["layer_a"] for r in read_csv(root / "results" / "cka.csv")}
+    assert layers == {"1", "2", "3"}  # layer 0 under cls: the same [CLS] embedding for every text
+    notes = read_manifest(root)["notes"]
+    assert any("layer(s) 0 give the same vector" in note for note in notes)
+    assert "layer(s) 0 give the same vector" in (root / "report.html").read_text()
 
 
 def test_changed_config_recomputes(tmp_path, tiny_folder):

@@ -320,6 +320,7 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
         manifest["models"] = {k: _model_record(v) for k, v in ctx._encoders.items()} or manifest.get(
             "models", {}
         )
+        manifest["notes"] = list(dict.fromkeys([*manifest.get("notes", []), *ctx.notes]))
         manifest["updated"] = _now()
         write_json(root / MANIFEST, manifest)
     if report:

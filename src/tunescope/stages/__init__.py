@@ -5,4 +5,4 @@ Its report section is ``report/templates/sections/<name>.html.j2`` plus, where i
 :data:`tunescope.report.SECTIONS`.
 """
 
-from tunescope.stages import layers, similarity  # noqa: F401  (order = run order)
+from tunescope.stages import layers, similarity, truncation  # noqa: F401  (order = run order)
