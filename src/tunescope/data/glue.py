@@ -153,15 +153,7 @@ class GlueSource:
                 labels = regression_values(values, lines, table.source)
             else:
                 labels = class_ids(values, task.label_names, lines, table.source)
-        return Examples(
-            texts=texts[0],
-            text_pairs=texts[1] if len(texts) > 1 else None,
-            labels=labels,
-            task=task.name,
-            split=split,
-            label_names=task.label_names,
-            domain=task.domain,
-        )
+        return _examples(task, split, texts, labels)
 
     # -- hub ------------------------------------------------------------------------------------------
 
@@ -224,15 +216,7 @@ def examples_from_hub(dataset: Any, task: Task, split: str) -> Examples:
                 ) from exc
             ids = remap[ids]
         labels = ids
-    return Examples(
-        texts=texts[0],
-        text_pairs=texts[1] if len(texts) > 1 else None,
-        labels=labels,
-        task=task.name,
-        split=split,
-        label_names=task.label_names,
-        domain=task.domain,
-    )
+    return _examples(task, split, texts, labels)
 
 
 def _complete_rows(table: Table, columns: tuple[str, ...]) -> list[int]:
@@ -256,3 +240,16 @@ def _complete_rows(table: Table, columns: tuple[str, ...]) -> list[int]:
     if not keep:
         raise DataError(f"{table.source} has no row with all of {', '.join(columns)} filled in")
     return keep
+
+
+def _examples(task: Task, split: str, texts: list[list[str]], labels: np.ndarray | None) -> Examples:
+    """One split's Examples from its text columns (one or two) and labels."""
+    return Examples(
+        texts=texts[0],
+        text_pairs=texts[1] if len(texts) > 1 else None,
+        labels=labels,
+        task=task.name,
+        split=split,
+        label_names=task.label_names,
+        domain=task.domain,
+    )
