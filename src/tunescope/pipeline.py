@@ -37,6 +37,7 @@ from tunescope.errors import InputError, UnknownNameError
 if TYPE_CHECKING:
     from tunescope.data import Examples, Task
     from tunescope.extract import Representations
+    from tunescope.finetune import FinetuneConfig, FinetuneResult
     from tunescope.models import Encoder
 
 __all__ = [
@@ -78,6 +79,19 @@ class AnalyzeConfig:
         rsa: (rdm, compare) of the RSA written to ``rsa.csv``, or None to skip RSA.
         labels: what the two models are called in tables and figures (``base``/``tuned`` in
             ``analyze``; ``compare`` uses ``A``/``B``).
+        finetune: when ``tuned`` is not given, fine-tune ``model`` on the task (stage ``finetune``; the
+            model is kept in ``RUN/models/tuned`` and reused by later runs). False: analyse one model.
+        epochs, learning_rate, train_limit: how ``analyze`` fine-tunes (the ``finetune`` stage and the
+            fine-tuning experiments of ``ffn`` and ``selection``): passes over the data, peak AdamW
+            learning rate, and the first ``train_limit`` training examples (None = all).
+        ffn_layers: layers whose FFN sublayer the ``ffn`` experiment removes before fine-tuning; None
+            lets the stage choose from the pre-trained model (see :mod:`tunescope.stages.ffn`).
+        selection_budget: ``m``, how many layers the variability-selection experiment tunes.
+        probe_tasks: token label sets the ``probes`` stage predicts: ``pos``, ``tag``, ``dep`` (spaCy
+            silver labels of the analysis texts) or, with ``conllu``, ``upos``, ``xpos``, ``deprel``.
+        conllu: a CoNLL-U treebank whose gold labels the probes use instead of silver ones.
+        ood_tasks: tasks whose inputs are out of domain for ``task``, for the ``domains`` stage; None
+            picks the task's own out-of-domain sets (the other VADER domains for a sentiment task).
     """
 
     out: Path = Path("runs/latest")
@@ -96,6 +110,15 @@ class AnalyzeConfig:
     measures: tuple[str, ...] = ("linear_cka",)
     rsa: tuple[str, str] | None = ("correlation", "spearman")
     labels: tuple[str, str] = ("base", "tuned")
+    finetune: bool = True
+    epochs: int = 1
+    learning_rate: float = 5e-5
+    train_limit: int | None = 2000
+    ffn_layers: tuple[int, ...] | None = None
+    selection_budget: int = 2
+    probe_tasks: tuple[str, ...] = ("pos", "dep")
+    conllu: str | None = None
+    ood_tasks: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON values."""
@@ -161,6 +184,8 @@ class RunContext:
         self._encoders: dict[str, Encoder] = {}
         self._reps: dict[tuple[str, str, str], Representations] = {}
         self._examples: dict[str, Examples] = {}
+        self._trained: dict[str, FinetuneResult] = {}
+        self._classifier: Encoder | None = None
         self.notes: dict[str, None] = {}  # ordered set of remarks for the report
 
     def note(self, text: str) -> None:
@@ -181,10 +206,71 @@ class RunContext:
 
         return get_task(self.config.task)
 
+    @property
+    def models_dir(self) -> Path:
+        """Where the run keeps the models it trains (``RUN/models``)."""
+        return self.root / "models"
+
+    def has_tuned(self) -> bool:
+        """Whether the run has a second model: given with ``--tuned``, or fine-tuned by the run."""
+        return self.config.tuned is not None or self.config.finetune
+
     def model_names(self) -> list[str]:
         """The first model's label (``base``), plus the second's (``tuned``) when the run has one."""
         first, second = self.config.labels
-        return [first, second] if self.config.tuned else [first]
+        return [first, second] if self.has_tuned() else [first]
+
+    def finetune_config(self, **changes: Any) -> FinetuneConfig:
+        """How this run fine-tunes (epochs, learning rate, batch size, length, seed), with ``changes``."""
+        from tunescope.finetune import FinetuneConfig
+
+        return FinetuneConfig(
+            epochs=self.config.epochs,
+            learning_rate=self.config.learning_rate,
+            batch_size=self.config.batch_size,
+            max_length=self.config.max_length or 128,
+            seed=self.config.seed,
+            **changes,
+        )
+
+    def train(self, name: str, model: Any = None, **changes: Any) -> FinetuneResult:
+        """Fine-tune ``model`` (default: the pre-trained one) on the run's task into ``RUN/models/<name>``.
+
+        The run's :meth:`finetune_config` with ``changes`` decides how; a finished run of the same model,
+        data and config in that folder is reused, and an interrupted one resumes from its last epoch.
+        """
+        from tunescope.finetune import finetune
+
+        if name not in self._trained:
+            self._trained[name] = finetune(
+                self.config.model if model is None else model,
+                self.task,
+                self.models_dir / name,
+                config=self.finetune_config(**changes),
+                data_dir=self.config.data_dir,
+                train_limit=self.config.train_limit,
+                device=self.device,
+                progress=self.progress,
+            )
+        return self._trained[name]
+
+    def tuned_source(self) -> str:
+        """The fine-tuned model's folder or hub id: ``--tuned``, or the model this run fine-tunes."""
+        if self.config.tuned is not None:
+            return self.config.tuned
+        if not self.config.finetune:
+            raise InputError("this run has no fine-tuned model; pass --tuned DIR, or drop --no-finetune")
+        return str(self.train("tuned").path)
+
+    def classifier(self) -> Encoder:
+        """The fine-tuned model with its task head (for evaluation), loaded once, on the run's device."""
+        if self._classifier is None:
+            from tunescope.models import load_classifier
+            from tunescope.surgery import require_classifier
+
+            self._classifier = load_classifier(self.tuned_source(), device=str(self.device))
+            require_classifier(self._classifier, purpose=f"evaluating on {self.config.task}")
+        return self._classifier
 
     def encoder(self, which: str | None = None) -> Encoder:
         """The first (``base``) or second (``tuned``) model's encoder, loaded once, on the run's device."""
@@ -193,14 +279,12 @@ class RunContext:
         if which not in self._encoders:
             from tunescope.models import load_encoder
 
-            sources = {first: self.config.model, second: self.config.tuned}
-            if which not in sources:
+            if which not in (first, second):
                 raise InputError(
                     f"no model called {which!r} in this run; it has {', '.join(self.model_names())}"
                 )
-            if which == second and self.config.tuned is None:
-                raise InputError("this run has no fine-tuned model; pass --tuned DIR")
-            self._encoders[which] = load_encoder(sources[which], device=str(self.device))
+            source = self.config.model if which == first else self.tuned_source()
+            self._encoders[which] = load_encoder(source, device=str(self.device))
         return self._encoders[which]
 
     def examples(self, split: str | None = None) -> Examples:

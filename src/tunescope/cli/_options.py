@@ -96,3 +96,26 @@ def rsa_option(value: str) -> tuple[str, str] | None:
     if compare not in COMPARISONS:
         raise UnknownNameError("RDM comparison", compare, COMPARISONS)
     return rdm, compare
+
+
+def layer_list(value: str | None, option: str) -> tuple[int, ...] | None:
+    """``"4,5,6"`` -> (4, 5, 6); ``"none"`` -> () (no layer); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise InputError(
+            f"{option} takes comma-separated layer numbers such as 4,5,6; got {value!r}"
+        ) from None
+
+
+def name_list(value: str | None) -> tuple[str, ...] | None:
+    """``"a, b"`` -> ("a", "b"); ``None`` stays ``None``; ``"none"`` -> ()."""
+    if value is None:
+        return None
+    if value.strip().lower() == "none":
+        return ()
+    return tuple(x.strip() for x in value.split(",") if x.strip())

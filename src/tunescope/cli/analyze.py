@@ -25,6 +25,35 @@ def analyze(
     stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stages to run.")] = None,
     measure: opt.Measures = None,
     rsa: opt.Rsa = "correlation,spearman",
+    finetune: Annotated[
+        bool,
+        typer.Option(
+            "--finetune/--no-finetune",
+            help="Without --tuned, fine-tune the model on the task (kept in RUN/models/tuned).",
+        ),
+    ] = True,
+    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs (every experiment).")] = 1,
+    lr: Annotated[float, typer.Option("--lr", help="Peak fine-tuning learning rate (AdamW).")] = 5e-5,
+    train_limit: Annotated[
+        int, typer.Option("--train-limit", help="Training examples for fine-tuning (0 = all).")
+    ] = 2000,
+    ffn_layers: Annotated[
+        str | None,
+        typer.Option("--ffn-layers", help="Layers whose FFN the ffn experiment removes (default: chosen)."),
+    ] = None,
+    budget: Annotated[
+        int, typer.Option("--budget", help="Layers the variability-selection experiment tunes (m).")
+    ] = 2,
+    probe_tasks: Annotated[
+        str, typer.Option("--probe-tasks", help="Token probes: pos,tag,dep (silver) or upos,xpos,deprel.")
+    ] = "pos,dep",
+    conllu: Annotated[
+        Path | None, typer.Option("--conllu", help="CoNLL-U treebank with gold labels for the probes.")
+    ] = None,
+    ood_tasks: Annotated[
+        str | None,
+        typer.Option("--ood-tasks", help="Out-of-domain tasks for the domains stage (default: the task's)."),
+    ] = None,
     device: opt.Device = "auto",
     seed: opt.Seed = 0,
 ) -> None:
@@ -57,6 +86,15 @@ def analyze(
         stages=tuple(s.strip() for s in stages.split(",")) if stages else None,
         measures=opt.measures(measure),
         rsa=opt.rsa_option(rsa),
+        finetune=finetune,
+        epochs=epochs,
+        learning_rate=lr,
+        train_limit=train_limit or None,
+        ffn_layers=opt.layer_list(ffn_layers, "--ffn-layers"),
+        selection_budget=budget,
+        probe_tasks=opt.name_list(probe_tasks) or (),
+        conllu=str(conllu) if conllu else None,
+        ood_tasks=opt.name_list(ood_tasks),
     )
     root = run_analyze(config)
     typer.echo(f"report: {root / 'report.html'}")

@@ -52,6 +52,7 @@ def compare(
         device=device,
         seed=seed,
         stages=("similarity",),
+        finetune=False,
         measures=opt.measures(measure),
         rsa=opt.rsa_option(rsa),
         labels=("A", "B"),

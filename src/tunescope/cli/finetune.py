@@ -10,22 +10,6 @@ import typer
 from tunescope.cli import _options as opt
 
 
-def _layers(value: str | None, option: str) -> tuple[int, ...] | None:
-    """``"4,5,6"`` -> (4, 5, 6); ``"none"`` -> () (no layer: the head alone); ``None`` stays ``None``."""
-    from tunescope.errors import InputError
-
-    if value is None:
-        return None
-    if value.strip().lower() == "none":
-        return ()
-    try:
-        return tuple(int(x) for x in value.split(",") if x.strip())
-    except ValueError:
-        raise InputError(
-            f"{option} takes comma-separated layer numbers such as 4,5,6; got {value!r}"
-        ) from None
-
-
 def finetune(
     model: Annotated[
         str | None, typer.Argument(help="Model folder or hub id (default: the embedded model).")
@@ -94,11 +78,11 @@ def finetune(
         warmup_ratio=warmup_ratio,
         max_length=max_length,
         seed=seed,
-        train_layers=_layers(train_layers, "--train-layers"),
+        train_layers=opt.layer_list(train_layers, "--train-layers"),
         classifier_layer=classifier_layer,
         adapter=adapter,  # type: ignore[arg-type]  # checked against ADAPTER_METHODS
         lora_r=lora_r,
-        adapter_layers=_layers(adapter_layers, "--adapter-layers"),
+        adapter_layers=opt.layer_list(adapter_layers, "--adapter-layers"),
         keep_best=keep_best,
     )
     result = run_finetune(

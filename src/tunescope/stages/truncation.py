@@ -3,7 +3,8 @@
 Phang et al. (2021) found that the top layers of a fine-tuned encoder can often be dropped with little
 loss. For k = L..1 the tuned classifier is cut after layer k (pooler and classifier kept; see
 :func:`tunescope.surgery.truncate`) and evaluated on the run's analysis split with the task's metric.
-Runs only when the run has a fine-tuned model with a classifier head for the task (``--tuned``).
+Runs when the run has a fine-tuned model with a classifier head for the task (``--tuned``, or the one
+the ``finetune`` stage trains).
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ COLUMNS = ("layers_kept", "metric", "value", "params", "seconds_per_batch")
 
 def run(ctx: RunContext) -> list[Table]:
     """One row per number of layers kept, from all L down to 1."""
-    if ctx.config.tuned is None:
+    if not ctx.has_tuned():
         ctx.note("truncation: no fine-tuned model in this run (pass --tuned DIR), so no truncation curve.")
         return []
     from tunescope.metrics import evaluate
-    from tunescope.models import load_classifier
-    from tunescope.surgery import count_parameters, require_classifier, truncate
+    from tunescope.surgery import count_parameters, truncate
 
     task = ctx.task
-    tuned = load_classifier(ctx.config.tuned, device=str(ctx.device))
-    require_classifier(tuned, purpose="the truncation curve")
+    tuned = ctx.classifier()
     examples = ctx.examples()
     batch_size = ctx.config.batch_size
     n_batches = max(1, -(-len(examples) // batch_size))
