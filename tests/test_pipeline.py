@@ -27,7 +27,8 @@ def tiny_folder(tmp_path_factory):
 
 
 def _config(tmp_path, model, **kwargs):
-    return AnalyzeConfig(out=tmp_path / "run", model=model, limit=40, batch_size=16, device="cpu", **kwargs)
+    options = {"limit": 40, "train_limit": 64, "batch_size": 16, "device": "cpu", **kwargs}
+    return AnalyzeConfig(out=tmp_path / "run", model=model, **options)
 
 
 def test_analyze_writes_run_folder(tmp_path, tiny_folder):
@@ -41,7 +42,7 @@ def test_analyze_writes_run_folder(tmp_path, tiny_folder):
     assert {r["layer"] for r in stats} == {"0", "1", "2", "3"}
     cka = read_csv(root / "results" / "cka.csv")
     assert list(cka[0]) == ["model_a", "layer_a", "model_b", "layer_b", "measure", "split", "value"]
-    assert len(cka) == 16
+    assert len(cka) == 3 * 16  # base x base, tuned x tuned, base x tuned
     diagonal = [float(r["value"]) for r in cka if r["layer_a"] == r["layer_b"]]
     assert diagonal == pytest.approx([1.0] * 4)
     html = (root / "report.html").read_text()
@@ -121,9 +122,50 @@ def test_truncation_curve_of_a_tuned_classifier(tmp_path, tiny_folder, tmp_path_
 
 
 def test_truncation_without_tuned_model_is_a_note(tmp_path, tiny_folder):
-    root = analyze(_config(tmp_path, tiny_folder, stages=("truncation",)), progress=False)
+    root = analyze(_config(tmp_path, tiny_folder, finetune=False, stages=("truncation",)), progress=False)
     assert not (root / "results" / "truncation.csv").exists()
     assert any("no fine-tuned model" in note for note in read_manifest(root)["notes"])
+
+
+def test_analyze_fine_tunes_the_base_model_once(tmp_path, tiny_folder, monkeypatch):
+    import importlib
+
+    finetune_module = importlib.import_module("tunescope.finetune")
+    from tunescope.metrics import evaluate
+    from tunescope.models import load_classifier
+    from tunescope.surgery import truncate
+
+    config = _config(tmp_path, tiny_folder, stages=("finetune", "truncation"))
+    root = analyze(config, progress=False)
+    folder = root / "models" / "tuned"
+    assert (folder / "config.json").exists()
+    manifest = read_manifest(root)
+    assert manifest["models"]["tuned"]["path"] == str(folder)
+    assert manifest["trained"]["tuned"]["path"] == str(folder)
+    (row,) = read_csv(root / "results" / "finetune.csv")
+    assert (row["model"], row["epoch"], row["metric"], row["kept"]) == ("tuned", "1", "accuracy", "True")
+    # the truncation curve is the run's own fine-tuned model, cut and evaluated
+    examples = get_task(config.task).load(config.split, limit=40)
+    tuned = load_classifier(str(folder))
+    top = read_csv(root / "results" / "truncation.csv")[-1]
+    assert float(top["value"]) == pytest.approx(evaluate(truncate(tuned, 1), examples)["accuracy"])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("fine-tuned again")
+
+    monkeypatch.setattr(finetune_module, "_train", no_training)
+    (root / "results" / "finetune.csv").unlink()  # the stage runs again, and finds the model on disk
+    analyze(config, progress=False, report=False)
+    assert read_csv(root / "results" / "finetune.csv") == [row]
+
+
+def test_no_finetune_analyses_one_model(tmp_path, tiny_folder):
+    root = analyze(
+        _config(tmp_path, tiny_folder, finetune=False, stages=("finetune", "layers")), progress=False
+    )
+    assert not (root / "models").exists()
+    assert {r["model"] for r in read_csv(root / "results" / "layer_stats.csv")} == {"base"}
+    assert any("--no-finetune" in note for note in read_manifest(root)["notes"])
 
 
 def test_rerun_skips_done_stages_and_report_rebuilds_from_tables(tmp_path, tiny_folder, monkeypatch):
@@ -155,9 +197,11 @@ def test_constant_layer_is_left_out_with_a_note(tmp_path, tiny_folder):
 
 
 def test_changed_config_recomputes(tmp_path, tiny_folder):
-    analyze(_config(tmp_path, tiny_folder), progress=False, report=False)
-    root = analyze(_config(tmp_path, tiny_folder, pooling="mean"), progress=False, report=False)
-    assert read_manifest(root)["config"]["pooling"] == "mean"
+    analyze(_config(tmp_path, tiny_folder, stages=("layers",)), progress=False, report=False)
+    root = analyze(
+        _config(tmp_path, tiny_folder, pooling="cls", stages=("layers",)), progress=False, report=False
+    )
+    assert read_manifest(root)["config"]["pooling"] == "cls"
 
 
 def test_failed_stage_leaves_no_partial_table(tmp_path, tiny_folder, monkeypatch):
@@ -168,7 +212,7 @@ def test_failed_stage_leaves_no_partial_table(tmp_path, tiny_folder, monkeypatch
 
     monkeypatch.setitem(STAGES, "similarity", type(stage)("similarity", stage.title, fails))
     with pytest.raises(KeyboardInterrupt):
-        analyze(_config(tmp_path, tiny_folder), progress=False)
+        analyze(_config(tmp_path, tiny_folder, stages=("layers", "similarity")), progress=False)
     root = tmp_path / "run"
     assert (root / "results" / "layer_stats.csv").exists()
     assert not (root / "results" / "cka.csv").exists()

@@ -287,6 +287,27 @@ class RunContext:
             self._encoders[which] = load_encoder(source, device=str(self.device))
         return self._encoders[which]
 
+    def model_records(self) -> dict[str, dict[str, Any]]:
+        """Name, folder, fingerprint and family of each model the run loaded, for the manifest."""
+        records = {which: _model_record(encoder) for which, encoder in self._encoders.items()}
+        if self._classifier is not None and self.config.labels[1] not in records:
+            records[self.config.labels[1]] = _model_record(self._classifier)
+        return records
+
+    def trained_records(self) -> dict[str, dict[str, Any]]:
+        """Folder, validation metric and training time of each model the run fine-tuned."""
+        return {
+            name: {
+                "path": str(result.path),
+                "metric": result.metric,
+                "best_value": result.best_value,
+                "best_epoch": result.best_epoch,
+                "train_seconds": round(result.train_seconds, 3),
+                "trainable_parameters": result.trainable_parameters,
+            }
+            for name, result in self._trained.items()
+        }
+
     def examples(self, split: str | None = None) -> Examples:
         """Examples of the run's task (the analysis split by default), limited to ``config.limit``."""
         split = split or self.config.split
@@ -401,9 +422,8 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
             "seconds": round(time.perf_counter() - start, 3),
             "outputs": [f"results/{t.name}.csv" for t in tables],
         }
-        manifest["models"] = {k: _model_record(v) for k, v in ctx._encoders.items()} or manifest.get(
-            "models", {}
-        )
+        manifest["models"] = {**manifest.get("models", {}), **ctx.model_records()}
+        manifest["trained"] = {**manifest.get("trained", {}), **ctx.trained_records()}
         manifest["notes"] = list(dict.fromkeys([*manifest.get("notes", []), *ctx.notes]))
         manifest["updated"] = _now()
         write_json(root / MANIFEST, manifest)
@@ -441,6 +461,7 @@ def _start_manifest(root: Path, config: AnalyzeConfig) -> dict[str, Any]:
         },
         "machine": {"platform": platform.platform(), "device": str(resolve_device(config.device))},
         "models": previous.get("models", {}) if stages else {},
+        "trained": previous.get("trained", {}) if stages else {},
         "stages": stages,
         "notes": previous.get("notes", []) if stages else [],
     }
