@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tunescope.cli import _options as opt
+
+if TYPE_CHECKING:
+    from tunescope.data.tokens import TokenExamples
 
 
 def finetune(
@@ -45,12 +48,43 @@ def finetune(
         int | None, typer.Option("--validation-limit", help="Use the first N validation examples.")
     ] = None,
     data_dir: opt.DataDir = None,
+    conllu: Annotated[
+        Path | None,
+        typer.Option("--conllu", help="CoNLL-U treebank: train a tagger on its gold tags (no --task)."),
+    ] = None,
+    tag_field: Annotated[
+        str | None, typer.Option("--tag-field", help="With --conllu: upos (default), xpos or deprel.")
+    ] = None,
+    conllu_validation: Annotated[
+        Path | None,
+        typer.Option(
+            "--conllu-validation",
+            help="CoNLL-U file to validate on (default: 10% of the --conllu sentences, chosen by --seed).",
+        ),
+    ] = None,
+    silver: Annotated[
+        str | None,
+        typer.Option(
+            "--silver",
+            help="Train a tagger on spaCy's silver tags (pos, tag or dep) of the --task or --data texts.",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="With --silver: your CSV/TSV/JSONL file of texts.")
+    ] = None,
+    text: opt.TextColumn = None,
     device: opt.Device = "auto",
     seed: opt.Seed = 0,
 ) -> None:
     """Fine-tune MODEL on a task; print the best validation metric and the output folder.
 
     Interrupted runs resume from their last complete epoch when rerun with the same options.
+
+    Token tasks (a tagger, AutoModelForTokenClassification, scored by word accuracy): --conllu FILE
+    trains on a treebank's gold tags (--tag-field upos|xpos|deprel) and validates on
+    --conllu-validation FILE or on 10% of the sentences held out by --seed; --silver pos|tag|dep trains
+    on spaCy's tags of the task's texts (its train and validation splits; the first text of a pair) or
+    of --data FILE --text COLUMN (10% held out). Contrast a syntactic task with a sentence task.
 
     Examples:
 
@@ -61,16 +95,16 @@ def finetune(
         tunescope finetune --task movie-sentiment --out tuned-k4 --classifier-layer 4
 
         tunescope finetune --task movie-sentiment --out tuned-lora --adapter lora --lr 5e-4
+
+        tunescope finetune --conllu en_ewt-ud-train.conllu --tag-field upos --out tagger
+
+        tunescope finetune --task movie-sentiment --silver pos --train-limit 2000 --out tagger-pos
     """
     from tunescope.errors import InputError
     from tunescope.finetune import FinetuneConfig
     from tunescope.finetune import finetune as run_finetune
     from tunescope.pipeline import resolve_device
 
-    if task is None:
-        raise InputError("--task is required (see `tunescope tasks`), e.g. --task movie-sentiment")
-    if out is None:
-        raise InputError("--out DIR is required: the folder the fine-tuned model is written to")
     config = FinetuneConfig(
         epochs=epochs,
         learning_rate=lr,
@@ -85,11 +119,32 @@ def finetune(
         adapter_layers=opt.layer_list(adapter_layers, "--adapter-layers"),
         keep_best=keep_best,
     )
+    tokens = _token_data(
+        conllu=conllu,
+        tag_field=tag_field,
+        conllu_validation=conllu_validation,
+        silver=silver,
+        task=task,
+        data=data,
+        text=text,
+        data_dir=data_dir,
+        train_limit=train_limit,
+        validation_limit=validation_limit,
+        seed=seed,
+        out=out,
+    )
+    if tokens is None and task is None:
+        raise InputError("--task is required (see `tunescope tasks`), e.g. --task movie-sentiment")
+    if out is None:
+        raise InputError("--out DIR is required: the folder the fine-tuned model is written to")
+    train, validation = tokens if tokens is not None else (None, None)
     result = run_finetune(
         model,
-        task,
+        None if tokens is not None else task,
         out,
         config=config,
+        train=train,
+        validation=validation,
         data_dir=data_dir,
         train_limit=train_limit,
         validation_limit=validation_limit,
@@ -99,6 +154,128 @@ def finetune(
         f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}/{config.epochs} "
         f"({result.trainable_parameters:,} of {result.total_parameters:,} parameters trained, "
         f"{result.train_seconds:.1f} s); model saved to {result.path}"
+    )
+    if tokens is not None:
+        names = tokens[0].tag_names
+        typer.echo(
+            f"a tagger of {len(names)} {tokens[0].task} tags ({len(tokens[0])} training sentences); "
+            "it loads with AutoModelForTokenClassification.from_pretrained"
+        )
+
+
+def _token_data(
+    *,
+    conllu: Path | None,
+    tag_field: str | None,
+    conllu_validation: Path | None,
+    silver: str | None,
+    task: str | None,
+    data: Path | None,
+    text: str | None,
+    data_dir: Path | None,
+    train_limit: int | None,
+    validation_limit: int | None,
+    seed: int,
+    out: Path | None,
+) -> tuple[TokenExamples, TokenExamples] | None:
+    """The (train, validation) tagging data the token options ask for; ``None`` for a sentence task."""
+    from tunescope.errors import InputError
+
+    if conllu is not None and silver is not None:
+        raise InputError("give either --conllu (gold tags) or --silver (spaCy tags), not both")
+    if conllu is None:
+        for name, value in (("--tag-field", tag_field), ("--conllu-validation", conllu_validation)):
+            if value is not None:
+                raise InputError(f"{name} goes with --conllu FILE (a CoNLL-U treebank); pass --conllu")
+    if silver is None and (data is not None or text is not None):
+        raise InputError("--data/--text are read with --silver here; sentence tasks take --task")
+    if out is None and (conllu is not None or silver is not None):
+        raise InputError("--out DIR is required: the folder the fine-tuned model is written to")
+    if conllu is not None:
+        if task is not None:
+            raise InputError("--conllu gives the data and the tags; drop --task")
+        return _conllu_data(conllu, tag_field or "upos", conllu_validation, seed)
+    if silver is not None:
+        return _silver_data(silver, task, data, text, data_dir, train_limit, validation_limit, seed)
+    return None
+
+
+def _conllu_data(
+    path: Path, field: str, validation: Path | None, seed: int
+) -> tuple[TokenExamples, TokenExamples]:
+    from tunescope.data.conllu import load_conllu
+
+    train = load_conllu(path, field=field, split="train")
+    if validation is not None:
+        return train, load_conllu(validation, field=field, split="validation", tag_names=train.tag_names)
+    return _hold_out(train, seed, f"--conllu {path}", "--conllu-validation FILE")
+
+
+def _silver_data(
+    field: str,
+    task: str | None,
+    data: Path | None,
+    text: str | None,
+    data_dir: Path | None,
+    train_limit: int | None,
+    validation_limit: int | None,
+    seed: int,
+) -> tuple[TokenExamples, TokenExamples]:
+    """spaCy tags of the texts, tagged in one call so train and validation share one tag scheme."""
+    from tunescope.data import get_task, load_file
+    from tunescope.data.silver import SILVER_FIELDS, silver_tags
+    from tunescope.errors import InputError, UnknownNameError
+
+    if field not in SILVER_FIELDS:
+        raise UnknownNameError("--silver field", field, SILVER_FIELDS)
+    if data is not None:
+        if task is not None:
+            raise InputError("give either --task or --data with --silver, not both")
+        if text is None:
+            raise InputError("--data needs --text COLUMN naming the column that holds the text")
+        texts = load_file(data, text=text).texts
+        tagged = silver_tags(texts[:train_limit] if train_limit else texts, field=field, split="train")
+        return _hold_out(tagged, seed, f"--data {data}", "more texts")
+    if task is None:
+        raise InputError(
+            "--silver tags the texts of --task T (its train and validation splits) or --data FILE"
+        )
+    task_obj = get_task(task)
+    train_texts = task_obj.load("train", data_dir=data_dir, limit=train_limit).texts
+    split = next((s for s in task_obj.splits if s.startswith("validation")), None)
+    if split is None:
+        tagged = silver_tags(train_texts, field=field, split="train")
+        return _hold_out(tagged, seed, f"task {task}", "a task with a validation split")
+    val_texts = task_obj.load(split, data_dir=data_dir, limit=validation_limit).texts
+    tagged = silver_tags([*train_texts, *val_texts], field=field, split="train")
+    n = len(train_texts)
+    validation = tagged.subset(range(n, len(tagged)))
+    return tagged.head(n), _renamed(validation, "validation")
+
+
+def _hold_out(examples: TokenExamples, seed: int, what: str, fix: str) -> tuple[TokenExamples, TokenExamples]:
+    """Split off 10% of the sentences (at least 2), chosen by ``seed``, for validation."""
+    import numpy as np
+
+    from tunescope.errors import DataError
+
+    n = len(examples)
+    n_validation = max(2, n // 10)
+    if n - n_validation < 2:
+        raise DataError(
+            f"{what} has {n} sentence(s); holding out 10% for validation needs at least 4 (pass {fix})"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    held = sorted(int(i) for i in order[:n_validation])
+    kept = sorted(int(i) for i in order[n_validation:])
+    return examples.subset(kept), _renamed(examples.subset(held), "validation")
+
+
+def _renamed(examples: TokenExamples, split: str) -> TokenExamples:
+    from tunescope.data.tokens import TokenExamples
+
+    return TokenExamples(
+        examples.words, examples.tags, examples.tag_names, examples.task, split, examples.silver
     )
 
 

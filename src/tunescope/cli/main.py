@@ -8,7 +8,17 @@ import sys
 
 import typer
 
-from tunescope.cli import analyze, compare, extract, finetune, info, report, tasks
+from tunescope.cli import (
+    analyze,
+    compare,
+    compress,
+    extract,
+    finetune,
+    info,
+    report,
+    tasks,
+    truncate,
+)
 from tunescope.errors import TunescopeError
 
 app = typer.Typer(
@@ -20,6 +30,8 @@ app = typer.Typer(
 )
 for module in (info, tasks, extract, compare, finetune, analyze, report):
     module.register(app)
+truncate.register(app)
+compress.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

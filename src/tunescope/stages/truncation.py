@@ -4,37 +4,92 @@ Phang et al. (2021) found that the top layers of a fine-tuned encoder can often 
 loss. For k = L..1 the tuned classifier is cut after layer k (pooler and classifier kept; see
 :func:`tunescope.surgery.truncate`) and evaluated on the run's analysis split with the task's metric.
 Runs when the run has a fine-tuned model with a classifier head for the task (``--tuned``, or the one
-the ``finetune`` stage trains).
+the ``finetune`` stage trains). ``tunescope truncate`` runs the same sweep through
+:func:`truncation_sweep`.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from tunescope.pipeline import RunContext, Stage, Table, register_stage
+
+if TYPE_CHECKING:
+    import torch
+
+    from tunescope.data import Examples, Task
+    from tunescope.models import Encoder
+
+__all__ = ["COLUMNS", "recommend", "truncation_sweep"]
 
 COLUMNS = ("layers_kept", "metric", "value", "params", "seconds_per_batch")
 
 
-def run(ctx: RunContext) -> list[Table]:
-    """One row per number of layers kept, from all L down to 1."""
-    if not ctx.has_tuned():
-        ctx.note("truncation: no fine-tuned model in this run (pass --tuned DIR), so no truncation curve.")
-        return []
+def truncation_sweep(
+    tuned: Encoder,
+    examples: Examples,
+    task: Task,
+    *,
+    batch_size: int = 32,
+    max_length: int = 128,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """The task metric of ``tuned`` cut after layer k, for k = L..1, without retraining.
+
+    Each row is the evaluation of :func:`tunescope.surgery.truncate` ``(tuned, k)`` on ``examples``
+    with the task's primary metric (:func:`tunescope.metrics.evaluate`); ``seconds_per_batch`` is that
+    evaluation's wall-clock time (tokenisation, forward passes, scoring) divided by the number of
+    batches, after one untimed warm-up batch.
+
+    Args:
+        tuned: A fine-tuned sequence classifier (e.g. from :func:`tunescope.load_classifier`).
+        examples: Labelled examples of ``task``.
+        task: Gives the metric (``task.metric``).
+        batch_size: Examples per forward pass.
+        max_length: Inputs are truncated to this many tokens.
+        device: Evaluate there (default: where ``tuned`` is).
+        progress: Progress bars on stderr.
+
+    Returns:
+        One dict per k, from L down to 1, with the keys of :data:`COLUMNS`: ``layers_kept``,
+        ``metric``, ``value``, ``params`` (parameters of the cut model) and ``seconds_per_batch``.
+
+    Example:
+        >>> import numpy as np
+        >>> from tunescope.data import Examples, get_task
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> ex = Examples(["good", "bad", "fine"], None, np.array([1, 0, 1]), "demo", "validation",
+        ...               ("negative", "positive"))
+        >>> rows = truncation_sweep(tiny_model("bert", task="classifier", num_layers=3), ex,
+        ...                         get_task("movie-sentiment"))
+        >>> [r["layers_kept"] for r in rows], rows[0]["metric"]
+        ([3, 2, 1], 'accuracy')
+    """
+    from tunescope._progress import track
     from tunescope.metrics import evaluate
     from tunescope.surgery import count_parameters, truncate
 
-    task = ctx.task
-    tuned = ctx.classifier()
-    examples = ctx.examples()
-    batch_size = ctx.config.batch_size
     n_batches = max(1, -(-len(examples) // batch_size))
+    # one untimed batch first, so the first row's time does not include one-off costs (imports, caches)
+    evaluate(
+        tuned,
+        examples.head(batch_size),
+        task=task,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+    )
     rows = []
-    for keep in range(tuned.num_layers, 0, -1):
+    keeps = range(tuned.num_layers, 0, -1)
+    for keep in track(keeps, total=len(keeps), description="truncation sweep", enabled=progress):
         model = truncate(tuned, keep)
         start = time.perf_counter()
         scores = evaluate(
-            model, examples, task=task, batch_size=batch_size, max_length=ctx.config.max_length or 128
+            model, examples, task=task, batch_size=batch_size, max_length=max_length, device=device
         )
         elapsed = time.perf_counter() - start
         rows.append(
@@ -46,6 +101,49 @@ def run(ctx: RunContext) -> list[Table]:
                 "seconds_per_batch": elapsed / n_batches,
             }
         )
+    return rows
+
+
+def recommend(rows: Sequence[dict[str, Any]], points: float = 1.0) -> dict[str, Any] | None:
+    """The row with the fewest layers whose metric is within ``points`` points of the full model's.
+
+    A point is 0.01 of the metric (one percentage point of accuracy). The full model is the row with
+    the most layers kept.
+
+    Args:
+        rows: Rows of :func:`truncation_sweep` (or of ``truncation.csv``, values as numbers).
+        points: Allowed loss, in points.
+
+    Returns:
+        That row, or ``None`` when there are no rows or the full model's value is NaN.
+
+    Example:
+        >>> rows = [{"layers_kept": 3, "value": 0.90}, {"layers_kept": 2, "value": 0.895},
+        ...         {"layers_kept": 1, "value": 0.70}]
+        >>> recommend(rows)["layers_kept"]
+        2
+    """
+    if not rows:
+        return None
+    ordered = sorted(rows, key=lambda r: int(r["layers_kept"]))
+    full = float(ordered[-1]["value"])
+    if math.isnan(full):
+        return None
+    return next(r for r in ordered if float(r["value"]) >= full - points / 100)
+
+
+def run(ctx: RunContext) -> list[Table]:
+    """One row per number of layers kept, from all L down to 1."""
+    if not ctx.has_tuned():
+        ctx.note("truncation: no fine-tuned model in this run (pass --tuned DIR), so no truncation curve.")
+        return []
+    rows = truncation_sweep(
+        ctx.classifier(),
+        ctx.examples(),
+        ctx.task,
+        batch_size=ctx.config.batch_size,
+        max_length=ctx.config.max_length or 128,
+    )
     return [Table("truncation", COLUMNS, rows)]
 
 
