@@ -127,6 +127,13 @@ def test_truncation_without_tuned_model_is_a_note(tmp_path, tiny_folder):
     assert any("no fine-tuned model" in note for note in read_manifest(root)["notes"])
 
 
+def test_truncation_of_a_base_model_given_as_tuned_is_skipped(tmp_path, tiny_folder):
+    config = _config(tmp_path, tiny_folder, tuned=tiny_folder, stages=("truncation",))
+    root = analyze(config, progress=False)
+    assert not (root / "results" / "truncation.csv").exists()
+    assert any("truncation: skipped" in n and "no classifier head" in n for n in read_manifest(root)["notes"])
+
+
 def test_analyze_fine_tunes_the_base_model_once(tmp_path, tiny_folder, monkeypatch):
     import importlib
 

@@ -262,14 +262,30 @@ class RunContext:
             raise InputError("this run has no fine-tuned model; pass --tuned DIR, or drop --no-finetune")
         return str(self.train("tuned").path)
 
+    def has_classifier(self, stage: str) -> bool:
+        """Whether the run has a fine-tuned classifier for the task; if not, a note says why ``stage`` skips.
+
+        A ``--tuned`` model without a trained sequence-classification head (a base model compared with
+        another) still serves the representation stages; the stages that evaluate it on the task skip.
+        """
+        if not self.has_tuned():
+            self.note(f"{stage}: no fine-tuned model in this run (pass --tuned DIR), so it is skipped.")
+            return False
+        try:
+            self.classifier()
+        except InputError as err:
+            self.note(f"{stage}: skipped, because {err}")
+            return False
+        return True
+
     def classifier(self) -> Encoder:
         """The fine-tuned model with its task head (for evaluation), loaded once, on the run's device."""
         if self._classifier is None:
-            from tunescope.models import load_classifier
-            from tunescope.surgery import require_classifier
+            from tunescope.surgery import load_trained_classifier
 
-            self._classifier = load_classifier(self.tuned_source(), device=str(self.device))
-            require_classifier(self._classifier, purpose=f"evaluating on {self.config.task}")
+            self._classifier = load_trained_classifier(
+                self.tuned_source(), device=self.device, purpose=f"evaluating on {self.config.task}"
+            )
         return self._classifier
 
     def encoder(self, which: str | None = None) -> Encoder:

@@ -51,6 +51,7 @@ __all__ = [
     "remove_ffn",
     "removed_ffn_layers",
     "require_classifier",
+    "load_trained_classifier",
     "restore_layers",
     "trainable_parameters",
     "truncate",
@@ -248,6 +249,38 @@ def require_classifier(
             "or AutoModelForSequenceClassification"
         )
     return head
+
+
+def load_trained_classifier(
+    source: str | os.PathLike[str], *, device: str | torch.device = "cpu", purpose: str = "this step"
+) -> Encoder:
+    """Load a fine-tuned sequence classifier, refusing a checkpoint whose head would be random.
+
+    :func:`~tunescope.models.load_classifier` gives a base checkpoint a fresh head (right for
+    fine-tuning, wrong for evaluating), so the ``architectures`` saved in the checkpoint's config decide:
+    they must name a ``...ForSequenceClassification`` class.
+
+    Args:
+        source: A folder (or hub id) saved from a sequence classifier.
+        device: Where to load it.
+        purpose: What needs the trained head (named in the error), e.g. ``"tunescope truncate"``.
+
+    Raises:
+        InputError: The checkpoint is a base model or a token classifier.
+    """
+    from tunescope.models import load_classifier
+
+    model = load_classifier(source, device=device)
+    saved = [str(a) for a in (getattr(model.model.config, "architectures", None) or [])]
+    if saved and not any(a.endswith("ForSequenceClassification") for a in saved):
+        token = any(a.endswith("ForTokenClassification") for a in saved)
+        what = "a token-classification (tagging) head" if token else "no classifier head"
+        raise InputError(
+            f"{source} has {what} ({', '.join(saved)}); {purpose} needs a fine-tuned sequence classifier "
+            "(run `tunescope finetune MODEL --task T --out DIR` first and pass DIR)"
+        )
+    require_classifier(model, purpose=purpose)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------

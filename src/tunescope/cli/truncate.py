@@ -172,26 +172,10 @@ def task_examples(task: Task, split: str, data_dir: Path | None, limit: int | No
 
 
 def load_tuned(tuned: str, device: Any, command: str) -> Encoder:
-    """Load a fine-tuned sequence classifier; refuse a checkpoint without its classifier head.
+    """Load a fine-tuned sequence classifier; refuse a checkpoint without its trained head."""
+    from tunescope.surgery import load_trained_classifier
 
-    ``load_classifier`` gives a base checkpoint a fresh random head, so the saved ``architectures`` of
-    the config decide: it must name a ``...ForSequenceClassification`` class.
-    """
-    from tunescope.errors import InputError
-    from tunescope.models import load_classifier
-    from tunescope.surgery import require_classifier
-
-    model = load_classifier(tuned, device=device)
-    saved = [str(a) for a in (getattr(model.config, "architectures", None) or [])]
-    if saved and not any(a.endswith("ForSequenceClassification") for a in saved):
-        token = any(a.endswith("ForTokenClassification") for a in saved)
-        what = "a token-classification (tagging) head" if token else "no classifier head"
-        raise InputError(
-            f"{tuned} has {what} ({', '.join(saved)}); {command} needs a fine-tuned sequence classifier "
-            "(run `tunescope finetune MODEL --task T --out DIR` first and pass DIR)"
-        )
-    require_classifier(model, purpose=command)
-    return model
+    return load_trained_classifier(tuned, device=device, purpose=command)
 
 
 def evaluate_pair(

@@ -134,8 +134,7 @@ def recommend(rows: Sequence[dict[str, Any]], points: float = 1.0) -> dict[str, 
 
 def run(ctx: RunContext) -> list[Table]:
     """One row per number of layers kept, from all L down to 1."""
-    if not ctx.has_tuned():
-        ctx.note("truncation: no fine-tuned model in this run (pass --tuned DIR), so no truncation curve.")
+    if not ctx.has_classifier("truncation"):
         return []
     rows = truncation_sweep(
         ctx.classifier(),
