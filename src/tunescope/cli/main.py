@@ -18,6 +18,7 @@ from tunescope.cli import (
     report,
     tasks,
     truncate,
+    variability,
 )
 from tunescope.errors import TunescopeError
 
@@ -28,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (info, tasks, extract, compare, finetune, analyze, report):
+for module in (info, tasks, extract, compare, finetune, analyze, report, variability):
     module.register(app)
 truncate.register(app)
 compress.register(app)

@@ -1,3 +1,10 @@
 """One module per stage's report section; importing this package registers their builders."""
 
-from tunescope.report.sections import finetune, layers, similarity, truncation  # noqa: F401
+from tunescope.report.sections import (  # noqa: F401
+    finetune,
+    layers,
+    selection,
+    similarity,
+    truncation,
+    variability,
+)
