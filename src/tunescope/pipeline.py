@@ -120,6 +120,21 @@ class AnalyzeConfig:
     conllu: str | None = None
     ood_tasks: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        checks = (
+            ("epochs", self.epochs >= 1, "at least 1 (--epochs)"),
+            ("learning_rate", self.learning_rate > 0, "positive (--lr)"),
+            ("selection_budget", self.selection_budget >= 1, "at least 1 layer (--budget)"),
+            ("batch_size", self.batch_size >= 1, "at least 1 (--batch-size)"),
+            ("train_limit", self.train_limit is None or self.train_limit >= 2, "at least 2 (--train-limit)"),
+            ("limit", self.limit is None or self.limit >= 2, "at least 2 (--limit)"),
+        )
+        for name, ok, want in checks:
+            if not ok:
+                raise InputError(f"{name} must be {want}, got {getattr(self, name)!r}")
+        if self.ffn_layers is not None and any(int(layer) < 1 for layer in self.ffn_layers):
+            raise InputError(f"ffn_layers are layers 1..L, got {self.ffn_layers}; fix --ffn-layers")
+
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON values."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
@@ -249,6 +264,7 @@ class RunContext:
                 config=self.finetune_config(**changes),
                 data_dir=self.config.data_dir,
                 train_limit=self.config.train_limit,
+                validation_limit=self.config.limit,
                 device=self.device,
                 progress=self.progress,
             )

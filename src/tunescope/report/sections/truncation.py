@@ -6,6 +6,7 @@ from typing import Any
 
 from tunescope.report._section import Section, section
 from tunescope.report.figures import plot_layer_curves
+from tunescope.stages.truncation import recommend
 
 
 @section("truncation")
@@ -20,20 +21,19 @@ def _truncation(sec: Section) -> dict[str, Any] | None:
     metric = rows[0]["metric"]
     fig = plot_layer_curves({"tuned": (kept, values)}, ylabel=metric, title=f"{metric} vs layers kept")
     fig.axes[0].set_xlabel("layers kept")
-    full_value, full_params = values[-1], params[-1]
-    # the fewest layers whose metric is within 1 point of the full model's
-    k = next(k for k, v in zip(kept, values, strict=True) if v >= full_value - 0.01)
-    i = kept.index(k)
-    saved = 1 - params[i] / full_params
-    cost = 100 * (full_value - values[i])
-    if k == kept[-1]:
+    best = recommend([{"layers_kept": k, "value": v} for k, v in zip(kept, values, strict=True)])
+    if best is None:
+        sentence = f"The full model's {metric} is undefined, so no recommendation."
+    elif best["layers_kept"] == kept[-1]:
         sentence = (
             f"Every layer counts here: dropping even the top layer costs more than 1 point of {metric}."
         )
     else:
+        i = kept.index(best["layers_kept"])
+        saved = 1 - params[i] / params[-1]
         sentence = (
-            f"Dropping the top {kept[-1] - k} layer(s) costs {cost:.1f} points of {metric} "
-            f"({values[i]:.3f} vs {full_value:.3f}) and saves {100 * saved:.0f}% of the parameters, "
-            "with no retraining."
+            f"Dropping the top {kept[-1] - kept[i]} layer(s) costs {100 * (values[-1] - values[i]):.1f} "
+            f"points of {metric} ({values[i]:.3f} vs {values[-1]:.3f}) and saves {100 * saved:.0f}% of the "
+            "parameters, with no retraining."
         )
     return {"figures": [sec.figure("truncation", fig)], "sentence": sentence, "rows": rows}
