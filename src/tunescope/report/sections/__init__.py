@@ -1,6 +1,8 @@
 """One module per stage's report section; importing this package registers their builders."""
 
 from tunescope.report.sections import (  # noqa: F401
+    ablation,
+    ffn,
     finetune,
     layers,
     selection,
