@@ -15,6 +15,7 @@ from tunescope.cli import (
     extract,
     finetune,
     info,
+    probe,
     report,
     tasks,
     truncate,
@@ -33,6 +34,7 @@ for module in (info, tasks, extract, compare, finetune, analyze, report, variabi
     module.register(app)
 truncate.register(app)
 compress.register(app)
+probe.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,18 @@ Stages run in the order of :data:`ORDER`: a stage that needs another's model or 
 
 import importlib
 
-ORDER = ("finetune", "layers", "similarity", "truncation", "ablation", "ffn", "variability", "selection")
+ORDER = (
+    "finetune",
+    "layers",
+    "similarity",
+    "truncation",
+    "ablation",
+    "ffn",
+    "probes",
+    "variability",
+    "selection",
+    "domains",
+)
 
 for _name in ORDER:
     importlib.import_module(f"tunescope.stages.{_name}")

