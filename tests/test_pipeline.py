@@ -232,6 +232,12 @@ def test_bad_input(tmp_path, tiny_folder):
         analyze(_config(tmp_path, tiny_folder, stages=("nope",)), progress=False)
     with pytest.raises(UnknownNameError, match="unknown task"):
         analyze(_config(tmp_path, tiny_folder, task="not-a-task"), progress=False)
+    with pytest.raises(UnknownNameError, match="not-a-task"):  # checked before fine-tuning starts
+        analyze(_config(tmp_path, tiny_folder, ood_tasks=("not-a-task",)), progress=False)
+    with pytest.raises(UnknownNameError, match="nope"):
+        analyze(_config(tmp_path, tiny_folder, probe_tasks=("nope",)), progress=False)
+    with pytest.raises(InputError, match="--budget"):
+        _config(tmp_path, tiny_folder, selection_budget=0)
     assert not (tmp_path / "run").exists()
     with pytest.raises(InputError, match="not a tunescope run folder"):
         build_report(tmp_path)
@@ -239,7 +245,16 @@ def test_bad_input(tmp_path, tiny_folder):
 
 @pytest.mark.slow
 def test_default_analyze_on_embedded_model(tmp_path):
-    root = analyze(AnalyzeConfig(out=tmp_path / "demo", limit=64, device="cpu"), progress=False)
+    config = AnalyzeConfig(
+        out=tmp_path / "demo",
+        limit=64,
+        train_limit=128,
+        probe_tasks=("pos",),
+        ood_tasks=("amazon-sentiment",),
+        device="cpu",
+    )
+    root = analyze(config, progress=False)
+    assert all(s["status"] == "done" for s in read_manifest(root)["stages"].values())
     manifest = read_manifest(root)
     assert manifest["models"]["base"]["family"] == "bert"
     assert (root / "report.html").stat().st_size > 10_000

@@ -163,6 +163,8 @@ class Stage:
     run: Callable[[RunContext], Sequence[Table]]
     requires: tuple[str, ...] = ()
     description: str = ""
+    check: Callable[[AnalyzeConfig], None] | None = None
+    """Validates the stage's options before ``analyze`` writes or computes anything (raises on bad input)."""
 
 
 STAGES: dict[str, Stage] = {}
@@ -425,6 +427,10 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
     torch.manual_seed(config.seed)
     ctx = RunContext(config, progress=progress)
     ctx.task  # noqa: B018  (fail fast on an unknown task, before anything is written)
+    for name in names:
+        check = STAGES[name].check
+        if check is not None:
+            check(config)
     root = ctx.root
     root.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(root, config)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tunescope.errors import InputError
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import AnalyzeConfig, RunContext, Stage, Table, register_stage
 
 if TYPE_CHECKING:
     from tunescope.data import Examples, Task
@@ -176,8 +176,14 @@ def _rows(
     return rows
 
 
+def check(config: AnalyzeConfig) -> None:
+    """Out-of-domain task names, before anything runs."""
+    ood_tasks(config.task, config.ood_tasks)
+
+
 register_stage(
     Stage(
+        check=check,
         name="domains",
         title="In-domain vs out-of-domain change",
         run=run,
