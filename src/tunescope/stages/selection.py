@@ -57,12 +57,21 @@ def run(ctx: RunContext) -> list[Table]:
     budget = ctx.config.selection_budget
     n_layers = ctx.encoder().num_layers
     top = tuple(range(max(1, n_layers - budget + 1), n_layers + 1))
+    if l_star == n_layers and adapt == top:
+        # the variability choice is the top m layers: one training run serves both rows
+        ctx.note(
+            f"selection: variability chose the top {len(adapt)} layer(s) with the classifier on the last "
+            "layer, the same model as the 'top' strategy, so it is trained once."
+        )
+        by_variability = ctx.train("select-top", train_layers=top)
+    else:
+        by_variability = ctx.train("select-variability", classifier_layer=l_star, train_layers=adapt)
     runs: list[tuple[str, int, str, FinetuneResult]] = [
         (
             "variability",
             l_star,
             ",".join(map(str, adapt)),
-            ctx.train("select-variability", classifier_layer=l_star, train_layers=adapt),
+            by_variability,
         ),
         ("top", n_layers, ",".join(map(str, top)), ctx.train("select-top", train_layers=top)),
         ("full", n_layers, "all", ctx.train("tuned" if ctx.config.tuned is None else "full")),
