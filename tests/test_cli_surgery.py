@@ -19,39 +19,24 @@ from tunescope.metrics import evaluate
 from tunescope.models import from_model, load_classifier
 from tunescope.stages.truncation import recommend
 from tunescope.surgery import count_parameters, remove_ffn, truncate
-from tunescope.testing.tiny import tiny_model
+from tunescope.testing.tiny import save_model, tiny_model
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
 TEXTS = ["a good film", "the story was boring and the acting was even worse", "I loved it!"]
 LIMIT = 40
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (several threads spin against each other on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _save(encoder, folder):
-    encoder.model.save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     """A 3-layer random sequence classifier folder (stands in for a fine-tuned model)."""
     model = tiny_model("bert", task="classifier", num_labels=2, num_layers=3, seed=2)
-    return _save(model, tmp_path_factory.mktemp("tiny-classifier"))
+    return save_model(model, tmp_path_factory.mktemp("tiny-classifier"))
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    return _save(tiny_model("bert", num_layers=3), tmp_path_factory.mktemp("tiny-base"))
+    return save_model(tiny_model("bert", num_layers=3), tmp_path_factory.mktemp("tiny-base"))
 
 
 @pytest.fixture(scope="module")

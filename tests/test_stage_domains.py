@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tunescope._io import read_csv
 from tunescope.data import get_task
@@ -14,27 +13,15 @@ from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
 from tunescope.report.sections.domains import layer_spans
 from tunescope.similarity import linear_cka, rsa
 from tunescope.stages.domains import COLUMNS, default_ood_tasks, ood_tasks
-from tunescope.testing.tiny import tiny_model
+from tunescope.testing.tiny import save_model, tiny_model
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
 VADER = ("movie-sentiment", "amazon-sentiment", "nyt-sentiment", "tweet-sentiment")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The machine's cores are shared: one thread keeps timings steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _save(folder, seed):
-    encoder = tiny_model("bert", num_layers=3, seed=seed)
-    encoder.model.save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_model(tiny_model("bert", num_layers=3, seed=seed), folder)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from tunescope._io import read_csv
 from tunescope.cli.main import main
@@ -18,9 +17,9 @@ from tunescope.models import load_encoder
 from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
 from tunescope.probing import probe_layers
 from tunescope.stages.probes import COLUMNS, resolve_probe_tasks, split_sentences
-from tunescope.testing.tiny import tiny_model
+from tunescope.testing.tiny import save_model, tiny_model
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
 # words of the tiny tokenizer's vocabulary, each with a fixed (UPOS, DEPREL)
 _LEXICON = {
@@ -46,20 +45,8 @@ _LEXICON = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The machine's cores are shared: one thread keeps timings steady (and results reproducible)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _save(folder, seed):
-    encoder = tiny_model("bert", num_layers=3, seed=seed)
-    encoder.model.save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_model(tiny_model("bert", num_layers=3, seed=seed), folder)
 
 
 @pytest.fixture(scope="module")

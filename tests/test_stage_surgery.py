@@ -13,20 +13,11 @@ from tunescope.models import load_classifier, load_encoder
 from tunescope.pipeline import AnalyzeConfig, RunContext, analyze, read_manifest
 from tunescope.similarity import linear_cka
 from tunescope.surgery import count_parameters, reinit_layers, removed_ffn_layers, restore_layers
-from tunescope.testing.tiny import tiny_model
+from tunescope.testing.tiny import save_model, tiny_model
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
 LIMIT = 40
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's cores are shared: keep torch to one thread in this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _save(encoder, folder, seed):
@@ -37,9 +28,7 @@ def _save(encoder, folder, seed):
         for name, param in encoder.model.named_parameters():
             if param.ndim == 2 and "embeddings" not in name:
                 param.copy_(0.2 * torch.randn(param.shape, generator=generator))
-    encoder.model.save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_model(encoder, folder)
 
 
 @pytest.fixture(scope="module")

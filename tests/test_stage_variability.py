@@ -16,38 +16,23 @@ from tunescope.models import load_encoder
 from tunescope.pipeline import AnalyzeConfig, RunContext, analyze, read_manifest
 from tunescope.stages.variability import layer_values, selection_marks
 from tunescope.testing.reference_probing import variability_reference
-from tunescope.testing.tiny import tiny_model
+from tunescope.testing.tiny import save_model, tiny_model
 from tunescope.variability import layer_variability, select_layers
 
-pytestmark = pytest.mark.models
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Pin torch to one thread (the test machine's cores are shared); restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _save(encoder, folder):
-    encoder.model.save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
-    return str(folder)
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
     """A tiny random 3-layer BERT saved as an HF folder, as a user's model would be."""
-    return _save(tiny_model("bert", num_layers=3), tmp_path_factory.mktemp("tiny-bert"))
+    return save_model(tiny_model("bert", num_layers=3), tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
 def tiny_classifier_folder(tmp_path_factory):
     """A tiny 2-label classifier standing in for a model fine-tuned elsewhere (``--tuned``)."""
     encoder = tiny_model("bert", task="classifier", num_labels=2, num_layers=3, seed=1)
-    return _save(encoder, tmp_path_factory.mktemp("tiny-bert-classifier"))
+    return save_model(encoder, tmp_path_factory.mktemp("tiny-bert-classifier"))
 
 
 @pytest.fixture(scope="module")

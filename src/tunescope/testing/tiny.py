@@ -8,6 +8,7 @@ continuations, so any ASCII text tokenizes). Nothing is downloaded and no global
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from tokenizers.models import WordPiece
 
 from tunescope.models.loading import Encoder, from_model
 
-__all__ = ["FAMILIES", "tiny_config", "tiny_model", "tiny_tokenizer"]
+__all__ = ["FAMILIES", "save_model", "tiny_config", "tiny_model", "tiny_tokenizer"]
 
 FAMILIES: tuple[str, ...] = (
     "bert",
@@ -227,3 +228,13 @@ def tiny_model(
         model = auto.from_config(config, **kwargs)
     model.eval()
     return from_model(model, tokenizer, name=f"tiny-{family}")
+
+
+def save_model(encoder: Encoder, folder: str | os.PathLike[str]) -> str:
+    """Save ``encoder``'s model and tokenizer as a Hugging Face folder, as a user's checkpoint would be.
+
+    Returns the folder as a string, ready for ``load_encoder``, ``AnalyzeConfig(model=...)`` or the CLI.
+    """
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    return str(folder)
