@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -113,7 +114,7 @@ def read_vader(filename: str) -> list[tuple[str, float]]:
     resource = resources.files("tunescope.data") / "builtin" / "vader" / filename
     try:
         raw = gzip.decompress(resource.read_bytes())
-    except (FileNotFoundError, OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # missing, cut short, damaged
         raise DataError(
             f"builtin data file {filename} is missing or damaged ({exc}); reinstall tunescope"
         ) from exc

@@ -10,11 +10,13 @@ this module adds line numbers to every error and fixes tag ids across splits.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from tunescope.data._io import decode_utf8, read_bytes
 from tunescope.data.tokens import TokenExamples
 from tunescope.errors import DataError, MissingExtraError, UnknownNameError
 
@@ -65,7 +67,7 @@ def load_conllu(
     tags of this file.
 
     Args:
-        path: a ``.conllu`` file (UTF-8).
+        path: a ``.conllu`` file (UTF-8; ``.gz`` allowed).
         field: which column gives the labels: ``upos``, ``xpos`` or ``deprel``.
         split: the split name recorded in the result (``train``, ``validation``, ``test``, ...).
         tag_names: a fixed tag scheme, usually from an earlier split.
@@ -76,8 +78,9 @@ def load_conllu(
     Raises:
         MissingExtraError: the ``conllu`` package is not installed.
         UnknownNameError: ``field`` is not one of ``upos``, ``xpos``, ``deprel``.
-        DataError: the file is missing, unreadable or malformed (the message names the line), a word has
-            no value in ``field``, or a tag is not in ``tag_names``.
+        DataError: the file is missing, unreadable, empty, not UTF-8 or malformed (a line without 10
+            tab-separated columns, a bad ID or HEAD; the message names the line), a word has no value in
+            ``field``, or a tag is not in ``tag_names``.
 
     Example:
         >>> import tempfile
@@ -99,15 +102,19 @@ def load_conllu(
     path = Path(path)
     words: list[list[str]] = []
     values: list[list[tuple[str, int]]] = []  # (tag, line number) per word
-    for start, block in _sentence_blocks(path):
+    for start, block, cut in _sentence_blocks(path):
         sentence_words: list[str] = []
         sentence_values: list[tuple[str, int]] = []
-        for line_no, token in _parse_block(conllu, path, start, block):
+        for line_no, token in _parse_block(conllu, path, start, block, cut=cut):
             if not isinstance(token["id"], int):  # (3, "-", 4) multiword range, (3, ".", 1) empty node
                 continue
             value = token[field]
             if value is None or value == "_" or value == "":
-                hint = " (this treebank may not annotate it; try field='upos')" if field == "xpos" else ""
+                hint = (
+                    " (this treebank may not annotate it); use --tag-field upos (field='upos')"
+                    if field == "xpos"
+                    else "; fill in the column or pick another --tag-field (field=)"
+                )
                 raise DataError(f"{path}:{line_no}: word {token['form']!r} has no {field} value{hint}")
             sentence_words.append(str(token["form"]))
             sentence_values.append((str(value), line_no))
@@ -115,7 +122,10 @@ def load_conllu(
             words.append(sentence_words)
             values.append(sentence_values)
     if not words:
-        raise DataError(f"{path} holds no sentences; is it a CoNLL-U file?")
+        raise DataError(
+            f"{path} holds no sentences (only comments or blank lines); give a CoNLL-U file with one word "
+            "per line in 10 tab-separated columns"
+        )
 
     names = _tag_names(field, tag_names, {tag for tagged in values for tag, _ in tagged})
     index = {name: i for i, name in enumerate(names)}
@@ -125,42 +135,48 @@ def load_conllu(
         for tag, line_no in tagged:
             if tag not in index:
                 raise DataError(
-                    f"{path}:{line_no}: {field} tag {tag!r} is not among the {len(names)} given tag_names; "
-                    "read the splits with the tag_names of the split that has every tag (usually train)"
+                    f"{path}:{line_no}: {field} tag {tag!r} is not among the {len(names)} tags of the "
+                    "training split (tag_names); train on a file that has every tag, or pass tag_names "
+                    "that include it"
                 )
             ids.append(index[tag])
         tags.append(ids)
     return TokenExamples(words, tags, names, str(field), split)
 
 
-def _sentence_blocks(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number of the block's first line, its lines) per blank-line separated block."""
-    try:
-        handle = path.open(encoding="utf-8", newline="")
-    except OSError as err:
-        raise DataError(f"cannot read CoNLL-U file {path}: {err}") from err
+def _sentence_blocks(path: Path) -> Iterator[tuple[int, list[str], bool]]:
+    """(first line number, lines, cut) per blank-line separated block.
+
+    ``cut`` is true for the last block of a file that does not end in a line break (a cut download).
+    """
+    if not path.exists():
+        raise DataError(
+            f"cannot read CoNLL-U file {path}: file not found; check the path (relative paths start at "
+            f"{Path.cwd()})"
+        )
+    text = decode_utf8(read_bytes(path, "a .conllu file"), str(path))
+    if not text.strip():
+        raise DataError(f"{path} is empty; give a CoNLL-U file with one word per line")
     block: list[str] = []
     start = 1
-    with handle:
-        line_no = 0
-        try:
-            for line_no, raw in enumerate(handle, start=1):
-                line = raw.rstrip("\r\n")
-                if line.strip():
-                    if not block:
-                        start = line_no
-                    block.append(line)
-                    continue
-                if block:
-                    yield start, block
-                    block = []
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}: line {line_no + 1} is not UTF-8 ({err.reason})") from err
+    # the same line breaks (\n, \r\n, \r) as reading the file with newline=""
+    for line_no, raw in enumerate(io.StringIO(text, newline=""), start=1):
+        line = raw.rstrip("\r\n")
+        if line.strip():
+            if not block:
+                start = line_no
+            block.append(line)
+            continue
+        if block:
+            yield start, block, False
+            block = []
     if block:
-        yield start, block
+        yield start, block, not text.endswith(("\n", "\r"))
 
 
-def _parse_block(conllu: Any, path: Path, start: int, block: list[str]) -> list[tuple[int, Any]]:
+def _parse_block(
+    conllu: Any, path: Path, start: int, block: list[str], *, cut: bool = False
+) -> list[tuple[int, Any]]:
     """The tokens of one sentence with their line numbers; DataError naming the line if malformed."""
     token_lines: list[int] = []
     for offset, line in enumerate(block):
@@ -171,9 +187,15 @@ def _parse_block(conllu: Any, path: Path, start: int, block: list[str]) -> list[
             continue
         n_columns = len(line.split("\t"))
         if n_columns != _N_COLUMNS:
+            if n_columns == 1 and len(line.split()) == _N_COLUMNS:
+                fix = "its columns are separated by spaces, CoNLL-U needs tabs"
+            elif n_columns < _N_COLUMNS and offset == len(block) - 1 and cut:
+                fix = "the file may be cut short; copy or download it again"
+            else:
+                fix = "give every word line 10 columns (_ for an empty one)"
             raise DataError(
                 f"{path}:{line_no}: expected {_N_COLUMNS} tab-separated columns, found {n_columns}: "
-                f"{line[:80]!r}"
+                f"{line[:60]!r}; {fix}"
             )
         token_lines.append(line_no)
     text = "\n".join(block) + "\n"

@@ -94,6 +94,37 @@ class Examples:
         """Whether each example has two texts."""
         return self.text_pairs is not None
 
+    @cached_property
+    def class_counts(self) -> dict[str, int] | None:
+        """How many examples each class has, in class-id order, classes without examples included.
+
+        Keys are the label names; without label names, the ids that occur, as strings. ``None`` for
+        regression targets or unlabelled data. Loading never refuses a split with one class (extraction
+        needs no labels); a stage that trains or scores per class checks :attr:`present_classes` first.
+
+        Example:
+            >>> ex = Examples(["a", "b", "c"], None, np.array([1, 1, 1]), "demo", "train", ("neg", "pos"))
+            >>> ex.class_counts, ex.present_classes
+            ({'neg': 0, 'pos': 3}, ('pos',))
+        """
+        if self.labels is None or self.labels.dtype.kind == "f":
+            return None
+        if self.label_names is not None:  # ids are 0..K-1 (checked in __post_init__)
+            counts = np.bincount(self.labels, minlength=len(self.label_names)).tolist()
+            return dict(zip(self.label_names, counts, strict=True))
+        ids, counts = np.unique(self.labels, return_counts=True)
+        return {str(i): int(c) for i, c in zip(ids.tolist(), counts.tolist(), strict=True)}
+
+    @property
+    def present_classes(self) -> tuple[str, ...]:
+        """The classes that have at least one example, in class-id order; ``()`` without class labels.
+
+        ``len(examples.present_classes) < 2`` is the cheap check for "this split has only one class
+        (or none)", which a probe, a classifier or a per-class score cannot use.
+        """
+        counts = self.class_counts
+        return () if counts is None else tuple(name for name, count in counts.items() if count)
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> Examples:
         """The examples at ``indices`` (ints in any order, or a boolean mask of length ``n_examples``)."""
         idx = np.asarray(indices)

@@ -31,7 +31,16 @@ def load_file(
 
     CSV and TSV files need a header row and use standard quoting (as pandas and spreadsheets write
     them); JSON-lines files hold one object per line (``.json`` may also be one array of objects). The
-    file must be UTF-8. Texts are kept as they are.
+    file must be UTF-8 (a byte-order mark is fine). Texts are kept as they are.
+
+    No cell is dropped silently. A CSV/TSV row with more non-empty fields than the header is an error
+    naming the line (an unquoted delimiter inside a text is the usual cause); trailing empty fields are
+    ignored. A row with fewer fields than the header is fine as long as the text, text-pair and label
+    columns are within it, otherwise it is an error naming the line. A quote that opens a field and is
+    never closed is reported at the line where it opens, and a header that reads as one column holding
+    tabs (in a ``.csv``) or commas (in a ``.tsv``) is reported as a file with the wrong extension.
+    Files whose labels are all one class load normally; :attr:`Examples.present_classes` tells a caller
+    that needs two classes.
 
     Args:
         path: the file.
@@ -48,8 +57,11 @@ def load_file(
         The examples; ``task`` is the file name.
 
     Raises:
-        DataError: file not found, unknown extension, empty file, no rows, not UTF-8, missing column,
-            blank text, labels outside ``label_names``, regression labels that are not numbers.
+        DataError: file not found or unreadable, unknown extension, damaged gzip, empty file, no rows,
+            not UTF-8, a quote never closed, a row wider than the header, a used cell missing from a
+            short row, missing or duplicated column, blank text, labels outside ``label_names``,
+            regression labels that are not numbers. The message is one line naming the file, the line
+            where there is one, and the fix, in words that fit both the CLI and Python.
 
     Example:
         >>> import pathlib, tempfile
@@ -67,17 +79,25 @@ def load_file(
         raise InputError(f"label_names must be distinct and non-empty, got {list(label_names)}")
     file = Path(path).expanduser()
     table = read_table(file)
-    table.require(text, role="text column", hint="pass text=NAME with one of them")
+    table.require(text, role="text column", hint="name the text column with --text (text= in Python)")
     if text_pair is not None:
-        table.require(text_pair, role="second text column", hint="pass text_pair=NAME with one of them")
+        table.require(
+            text_pair,
+            role="second text column",
+            hint="name the second text column with --text-pair (text_pair= in Python)",
+        )
     if label is not None:
-        table.require(label, role="label column", hint="pass label=NAME with one of them, or label=None")
+        table.require(
+            label,
+            role="label column",
+            hint="name the label column with --label (label= in Python), or leave it out for unlabelled data",
+        )
     texts = text_column(table, text)
     pairs = None if text_pair is None else text_column(table, text_pair, role="second text column")
     labels: np.ndarray | None = None
     names: tuple[str, ...] | None = None
     if label is not None:
-        values = [row.get(label) for row in table.rows]
+        values = table.cells(label, role="label column")
         if label_kind == "regression":
             labels = regression_values(values, table.lines, table.source)
         else:
@@ -86,7 +106,13 @@ def load_file(
                 if label_names is not None
                 else infer_label_names(values, table.lines, table.source)
             )
-            labels = class_ids(values, names, table.lines, table.source)
+            labels = class_ids(
+                values,
+                names,
+                table.lines,
+                table.source,
+                fix="fix the row, or pass label_names that include it",
+            )
     return Examples(
         texts=texts,
         text_pairs=pairs,

@@ -17,8 +17,10 @@ Local layout (what ``download_glue_data.py`` writes, and SuperGLUE's zip files):
 
 GLUE TSV files are read without quote processing (``csv.QUOTE_NONE``), as their sentences contain
 unbalanced quote characters. Test files carry no labels, so test splits load with ``labels=None``.
-Rows of an official file that are cut short or have a blank text are skipped with a logged warning
-(QQP's training file has a few), as the ``datasets`` GLUE loader does.
+Rows of an official file that are cut short (a text or the label missing) or have a blank text are
+skipped with a logged warning (QQP's training file has a few), as the ``datasets`` GLUE loader does.
+Rows with more fields than the header (a stray tab) are skipped with a warning too, since their
+cells may not be in the header's columns. Every other problem is a :class:`DataError`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tunescope.data._io import Table, class_ids, read_table, regression_values, snippet
+from tunescope.data._io import (
+    Table,
+    class_ids,
+    read_first_line,
+    read_table,
+    regression_values,
+    snippet,
+)
 from tunescope.data.examples import Examples
 from tunescope.errors import DataError, MissingExtraError
 
@@ -105,33 +114,41 @@ class GlueSource:
         Raises:
             DataError: no such folder; the message lists what is there.
         """
+        if data_dir.exists() and not data_dir.is_dir():
+            raise DataError(
+                f"{data_dir} is a file, not a folder; pass --data-dir (data_dir=) the folder that holds "
+                f"{self.folder}/{self.files['train']}"
+            )
         if not data_dir.is_dir():
             raise DataError(
-                f"data folder not found: {data_dir}; pass --data-dir pointing at your GLUE folder"
+                f"data folder not found: {data_dir}; pass --data-dir (data_dir=) pointing at your GLUE folder"
             )
         want = _fold(self.folder)
         if _fold(data_dir.name) == want:
             return data_dir
-        for child in sorted(data_dir.iterdir()):
+        children = _listing(data_dir)
+        for child in children:
             if child.is_dir() and _fold(child.name) == want:
                 return child
-        there = ", ".join(sorted(p.name for p in data_dir.iterdir() if p.is_dir())) or "(no folders)"
+        there = ", ".join(p.name for p in children if p.is_dir()) or "(no folders)"
         raise DataError(
-            f"no {self.folder} folder in {data_dir} (folders there: {there}); pass --data-dir pointing "
-            f"at the folder that holds {self.folder}/{self.files['train']}"
+            f"no {self.folder} folder in {data_dir} (folders there: {there}); pass --data-dir (data_dir=) "
+            f"the folder that holds {self.folder}/{self.files['train']}"
         )
 
     def _load_local(self, task: Task, split: str, data_dir: Path, limit: int | None) -> Examples:
         folder = self.task_folder(data_dir)
         path = folder / self.files[split]
         if not path.is_file():
-            there = ", ".join(sorted(p.name for p in folder.iterdir())) or "(empty)"
-            raise DataError(f"{folder} has no {path.name} for split {split!r} (files there: {there})")
+            there = ", ".join(p.name for p in _listing(folder)) or "(empty)"
+            raise DataError(
+                f"{folder} has no {path.name} for split {split!r} (files there: {there}); put the "
+                f"{self.folder} files of the official download there, or pick a split that is there"
+            )
         if path.suffix == ".tsv":
-            with path.open("rb") as stream:
-                first = stream.readline().decode("utf-8-sig", errors="replace").rstrip("\r\n").split("\t")
+            first = read_first_line(path).split("\t")
             names = self.headerless if self.headerless and self.columns[0] not in first else None
-            table = read_table(path, "tsv", quotes=False, names=names)
+            table = read_table(path, "tsv", quotes=False, names=names, wide_rows="keep")
         else:
             table = read_table(path, "jsonl")
         for k, column in enumerate(self.columns):
@@ -141,7 +158,7 @@ class GlueSource:
         has_labels = self.label_column in table.columns
         if not has_labels and not split.startswith("test"):
             table.require(self.label_column, role="label column")
-        rows = _complete_rows(table, self.columns)
+        rows = _complete_rows(table, self.columns, self.label_column if has_labels else None)
         if limit is not None:
             rows = rows[:limit]
         texts = [[str(table.rows[i][c]) for i in rows] for c in self.columns]
@@ -219,26 +236,58 @@ def examples_from_hub(dataset: Any, task: Task, split: str) -> Examples:
     return _examples(task, split, texts, labels)
 
 
-def _complete_rows(table: Table, columns: tuple[str, ...]) -> list[int]:
-    """Indices of rows whose text cells are all present and non-blank; the others are logged and skipped."""
+def _listing(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; DataError when it cannot be listed (permissions)."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise DataError(f"cannot list the folder {folder} ({reason}); check its permissions") from exc
+
+
+def _complete_rows(table: Table, columns: tuple[str, ...], label: str | None) -> list[int]:
+    """Indices of the rows to use; rows cut short, blank or wider than the header are logged and skipped.
+
+    A row is skipped when a text cell is missing or blank, when its label cell is missing (the row is
+    shorter than the header), or when it has more fields than the header (a stray tab: its cells may
+    not be in the header's columns). One warning per kind names the count and the first line.
+    """
     keep: list[int] = []
-    skipped: list[int] = []
+    short: list[int] = []
+    wide: list[int] = []
+    n_columns = len(table.columns)
     for i, row in enumerate(table.rows):
-        cells = [row.get(c) for c in columns]
-        if all(isinstance(v, str) and v.strip() for v in cells):
+        if table.widths is not None and table.widths[i] > n_columns:
+            wide.append(i)
+        elif all(isinstance(row.get(c), str) and str(row.get(c)).strip() for c in columns) and (
+            label is None or row.get(label) is not None
+        ):
             keep.append(i)
         else:
-            skipped.append(table.lines[i])
-    if skipped:
+            short.append(i)
+    if short:
         logger.warning(
-            "%s: skipped %d row(s) with a missing or blank text (first at line %d: %s)",
+            "%s: skipped %d row(s) with a missing or blank text or a missing label (first at line %d: %s)",
             table.source,
-            len(skipped),
-            skipped[0],
-            snippet(table.rows[table.lines.index(skipped[0])]),
+            len(short),
+            table.lines[short[0]],
+            snippet(table.rows[short[0]]),
+        )
+    if wide and table.widths is not None:
+        logger.warning(
+            "%s: skipped %d row(s) with more fields than the header (first at line %d: %d fields, the "
+            "header has %d)",
+            table.source,
+            len(wide),
+            table.lines[wide[0]],
+            table.widths[wide[0]],
+            n_columns,
         )
     if not keep:
-        raise DataError(f"{table.source} has no row with all of {', '.join(columns)} filled in")
+        raise DataError(
+            f"{table.source} has no row with all of {', '.join(columns)} filled in; check that it is the "
+            "official tab-separated file"
+        )
     return keep
 
 

@@ -218,6 +218,9 @@ def get_task(name: str) -> Task:
     key = _ALIASES.get(key, key)
     if key not in TASKS:
         raise UnknownNameError(
-            "task", name, TASKS, hint="or load your own CSV/TSV/JSONL file with tunescope.data.load_file"
+            "task",
+            name,
+            TASKS,
+            hint="or use your own CSV/TSV/JSONL file: --data FILE --text COLUMN (tunescope.data.load_file)",
         )
     return TASKS[key]

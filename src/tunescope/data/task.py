@@ -148,7 +148,8 @@ class Task:
         """
         if self.source is None:
             raise DataError(
-                f"task {self.name!r} has no data source; load your file with tunescope.data.load_file"
+                f"task {self.name!r} has no data of its own; give a file with --data FILE "
+                "(tunescope.data.load_file in Python)"
             )
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise InputError(f"limit must be a whole number >= 0 or None, got {limit!r}")
