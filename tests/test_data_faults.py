@@ -152,7 +152,7 @@ CASES: dict[str, Case] = {
     "JSON object holding the rows": Case(
         "wrapped.json",
         json.dumps({"version": 2, "data": [{"text": "a", "label": 1}]}, indent=2),
-        ("one JSON object", "key 'data' holds the 1 rows", "jq"),
+        ("one JSON object", "key 'data' holds the rows (1)", "jq"),
     ),
     "JSON object of columns (pandas to_json)": Case(
         "columns.json",

@@ -503,8 +503,8 @@ def _check_not_wrapped(obj: dict[str, object], source: str) -> None:
     for key, value in obj.items():
         if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
             raise DataError(
-                f"{source} is one JSON object whose key {key!r} holds the {len(value)} rows; write just that "
-                f"list (e.g. `jq '.{key}' {source} > rows.json`) or one object per line in a .jsonl file"
+                f"{source} is one JSON object whose key {key!r} holds the rows ({len(value)}); write just "
+                f"that list (e.g. `jq '.{key}' {source} > rows.json`) or one object per line in a .jsonl file"
             )
     values = list(obj.values())
     if len(values) < 2:
