@@ -224,7 +224,7 @@ def test_failed_stage_leaves_no_partial_table(tmp_path, tiny_folder, monkeypatch
     root = tmp_path / "run"
     assert (root / "results" / "layer_stats.csv").exists()
     assert not (root / "results" / "cka.csv").exists()
-    assert read_manifest(root)["stages"]["similarity"]["status"] == "running"
+    assert read_manifest(root)["stages"]["similarity"]["status"] == "interrupted"
 
 
 def test_bad_input(tmp_path, tiny_folder):

@@ -11,6 +11,7 @@ import torch
 from tunescope._io import read_csv
 from tunescope.cli.main import main
 from tunescope.data import get_task
+from tunescope.errors import DataError
 from tunescope.extract import Representations, extract
 from tunescope.models import load_encoder
 from tunescope.pipeline import AnalyzeConfig, RunContext, analyze, read_manifest
@@ -198,13 +199,13 @@ def test_regression_task_is_a_note(tmp_path, tiny_folder):
     assert any("chose no layers" in note for note in notes)
 
 
-def test_single_class_is_a_note(tmp_path, tiny_folder):
+def test_single_class_is_refused_before_anything_is_written(tmp_path, tiny_folder):
     lines = [f"a good film number {i}\t1" for i in range(12)]
     data = _glue_dir(tmp_path / "glue", "SST-2", "sentence\tlabel", lines)
     config = _config(tmp_path, tiny_folder, task="sst2", data_dir=data, stages=("variability",))
-    root = analyze(config, progress=False)
-    assert not (root / "results" / "variability.csv").exists()
-    assert any("two classes" in note for note in read_manifest(root)["notes"])
+    with pytest.raises(DataError, match="only the class 'positive'.*at least two classes"):
+        analyze(config, progress=False)
+    assert not config.out.exists()
 
 
 def test_degenerate_layer_is_nan_with_a_note(tmp_path, tiny_folder, monkeypatch):

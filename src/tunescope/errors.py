@@ -19,6 +19,7 @@ __all__ = [
     "TokenizerMismatchError",
     "MeasureError",
     "CacheError",
+    "RunFolderError",
     "MissingExtraError",
 ]
 
@@ -71,6 +72,10 @@ class MeasureError(InputError):
 
 class CacheError(TunescopeError):
     """A cache file is unreadable or does not match what it claims to hold."""
+
+
+class RunFolderError(InputError):
+    """A run folder is not one, or its manifest or a table it vouches for is damaged."""
 
 
 class MissingExtraError(TunescopeError, ImportError):

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from tunescope._io import atomic_path, sha256_file, write_json
+from tunescope._io import save_safetensors, sha256_file, write_json
 from tunescope._progress import track
 from tunescope.errors import CacheError, InputError, TokenizerMismatchError, UnknownNameError
 
@@ -126,8 +126,7 @@ class Representations(Mapping[int, torch.Tensor]):
                 names, labels = np.unique(labels.astype(str), return_inverse=True)
                 metadata["label_names"] = json.dumps(names.tolist())
             tensors["labels"] = torch.from_numpy(np.array(labels, copy=True))
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        save_safetensors(tensors, path, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Representations:
@@ -617,7 +616,6 @@ class _ShardCache:
 
     def write(self, shard_id: int, tensors: dict[str, torch.Tensor]) -> None:
         path = self._path(shard_id)
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": self.key})
+        save_safetensors({k: v.contiguous() for k, v in tensors.items()}, path, {"key": self.key})
         self.checksums[str(shard_id)] = sha256_file(path)
         write_json(self.index_path, {"key": self.key, "n_shards": self.n_shards, "shards": self.checksums})

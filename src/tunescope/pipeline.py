@@ -1,18 +1,12 @@
 """``analyze``: wire the analysis stages, cache what they need, record everything in a run folder.
 
 The pipeline holds no maths. A stage is a function of a :class:`RunContext` that returns tidy tables
-(one row per measurement); the pipeline writes them to ``RUN/results/<table>.csv`` atomically, records the
-stage's status and timing in ``RUN/manifest.json``, and skips a stage whose results are already on disk for
-the same configuration (so a killed run resumes where it stopped). Adding an analysis is adding one
-stage module that calls :func:`register_stage`, and one report section (see :mod:`tunescope.report`).
-
-Run folder (DESIGN.md)::
-
-    RUN/manifest.json   config, versions, model fingerprints, stage status and timings
-    RUN/cache/          extraction cache (safetensors), reusable across runs
-    RUN/results/*.csv   tidy tables
-    RUN/figures/*.png   drawn by the report from the tables
-    RUN/report.html     self-contained
+(one row per measurement); the pipeline checks every input before it writes anything, writes the tables
+to ``RUN/results/<table>.csv`` atomically, records the stage's status, timing and table hashes in
+``RUN/manifest.json`` (see :mod:`tunescope.runfolder`), and skips a stage whose tables the manifest still
+vouches for under the same configuration (so a killed or interrupted run resumes where it stopped).
+Adding an analysis is adding one stage module that calls :func:`register_stage`, and one report section
+(see :mod:`tunescope.report`).
 """
 
 from __future__ import annotations
@@ -31,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tunescope._io import read_csv, write_csv, write_json
-from tunescope.errors import InputError, UnknownNameError
+from tunescope import runfolder
+from tunescope.errors import InputError, RunFolderError, UnknownNameError
+from tunescope.runfolder import MANIFEST, read_manifest
 
 if TYPE_CHECKING:
     from tunescope.data import Examples, Task
@@ -53,7 +48,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -163,8 +157,15 @@ class Stage:
     run: Callable[[RunContext], Sequence[Table]]
     requires: tuple[str, ...] = ()
     description: str = ""
-    check: Callable[[AnalyzeConfig], None] | None = None
-    """Validates the stage's options before ``analyze`` writes or computes anything (raises on bad input)."""
+    check: Callable[[RunContext], None] | None = None
+    """Validates the stage's options against the config, data and models before ``analyze`` writes
+    anything (raises on bad input); the models and examples it asks the context for are loaded once."""
+    min_examples: int | Callable[[AnalyzeConfig], int] = 2
+    """The fewest analysis examples the stage can work with under a config (checked up front)."""
+
+    def fewest_examples(self, config: AnalyzeConfig) -> int:
+        """:attr:`min_examples` under ``config``."""
+        return self.min_examples(config) if callable(self.min_examples) else self.min_examples
 
 
 STAGES: dict[str, Stage] = {}
@@ -392,25 +393,15 @@ class RunContext:
         return reps
 
 
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a run folder."""
-    path = Path(run_dir) / MANIFEST
-    if not path.exists():
-        raise InputError(
-            f"{run_dir} is not a tunescope run folder (no {MANIFEST}); run `tunescope analyze --out DIR`"
-        )
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except ValueError as err:
-        raise InputError(f"{path} is not valid JSON ({err}); rerun `tunescope analyze`") from err
-    return manifest
-
-
 def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, report: bool = True) -> Path:
     """Run every stage of the analysis and write the run folder; returns the path of the run folder.
 
-    Stages whose tables are already in the folder for the same configuration are skipped, so rerunning
-    after an interruption resumes where the previous run stopped.
+    Everything the user can get wrong is checked before the folder is touched: the output location, the
+    stage names and options, the task and its examples (enough for every stage), and both models (loaded
+    here). Stages whose tables the manifest vouches for (same configuration, same bytes) are skipped, so
+    rerunning after an interruption resumes where the previous run stopped; a damaged table is recomputed
+    with a warning. When the configuration changed, what the earlier one wrote is moved aside
+    (:func:`tunescope.runfolder.retire`), so no stale table is ever shown as current.
 
     Args:
         config: what to analyse (defaults: the embedded model and the ``movie-sentiment`` task).
@@ -423,48 +414,54 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
     names = list(config.stages) if config.stages is not None else list(STAGES)
     for name in names:
         if name not in STAGES:
-            raise UnknownNameError("stage", name, STAGES)
+            raise UnknownNameError("stage", name, STAGES, hint="fix --stages")
+    root = runfolder.check_run_folder(config.out)
     torch.manual_seed(config.seed)
     ctx = RunContext(config, progress=progress)
-    ctx.task  # noqa: B018  (fail fast on an unknown task, before anything is written)
-    for name in names:
-        check = STAGES[name].check
-        if check is not None:
-            check(config)
-    root = ctx.root
+    _check_inputs(ctx, names)
     root.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(root, config)
+    digest = config.digest()
+    reused = [n for n in names if _is_done(root, manifest["stages"].get(n, {}), digest)]
+    if reused:
+        logger.info("resuming %s: stage(s) %s already done, their tables are reused", root, ", ".join(reused))
     for name in names:
         stage = STAGES[name]
         record = manifest["stages"].get(name, {})
-        if (
-            record.get("status") == "done"
-            and record.get("config") == config.digest()
-            and _outputs_exist(root, record)
-        ):
-            logger.info("stage %s already done; skipping", name)
+        if name in reused:
             continue
+        if record.get("status") == "done" and record.get("config") == digest:
+            bad = runfolder.damaged_outputs(root, record)
+            logger.warning("%s damaged or missing; recomputing stage %s", ", ".join(bad), name)
         missing = [r for r in stage.requires if manifest["stages"].get(r, {}).get("status") != "done"]
         if missing:
             manifest["stages"][name] = {"status": "skipped", "reason": f"needs {', '.join(missing)}"}
             continue
         start = time.perf_counter()
-        manifest["stages"][name] = {"status": "running"}
-        write_json(root / MANIFEST, manifest)
-        tables = stage.run(ctx)
-        for table in tables:
-            write_csv(ctx.results_dir / f"{table.name}.csv", table.rows, table.columns)
+        manifest["stages"][name] = {"status": "running", "config": digest, "started": _now()}
+        runfolder.write_manifest(root, manifest)
+        try:
+            tables = stage.run(ctx)
+            outputs = [runfolder.write_table(root, t.name, t.rows, t.columns) for t in tables]
+        except BaseException as err:
+            interrupted = isinstance(err, KeyboardInterrupt)
+            manifest["stages"][name] = {
+                "status": "interrupted" if interrupted else "failed",
+                "config": digest,
+                "seconds": round(time.perf_counter() - start, 3),
+                **({} if interrupted else {"error": f"{type(err).__name__}: {_first_line(err)}"}),
+            }
+            _record(manifest, ctx)
+            runfolder.write_manifest(root, manifest)
+            raise
         manifest["stages"][name] = {
             "status": "done",
-            "config": config.digest(),
+            "config": digest,
             "seconds": round(time.perf_counter() - start, 3),
-            "outputs": [f"results/{t.name}.csv" for t in tables],
+            "outputs": outputs,
         }
-        manifest["models"] = {**manifest.get("models", {}), **ctx.model_records()}
-        manifest["trained"] = {**manifest.get("trained", {}), **ctx.trained_records()}
-        manifest["notes"] = list(dict.fromkeys([*manifest.get("notes", []), *ctx.notes]))
-        manifest["updated"] = _now()
-        write_json(root / MANIFEST, manifest)
+        _record(manifest, ctx)
+        runfolder.write_manifest(root, manifest)
     if report:
         from tunescope.report import build_report
 
@@ -473,22 +470,79 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
 
 
 def load_table(run_dir: str | Path, name: str) -> list[dict[str, str]]:
-    """Rows of ``RUN/results/<name>.csv`` (empty list when the stage has not produced it)."""
-    path = Path(run_dir) / "results" / f"{name}.csv"
-    return read_csv(path) if path.exists() else []
+    """Rows of ``RUN/results/<name>.csv`` that the manifest vouches for (``[]`` when no stage wrote it)."""
+    return runfolder.load_table(run_dir, name)
+
+
+def _check_inputs(ctx: RunContext, names: Sequence[str]) -> None:
+    """Every check that needs the task, its examples or the models, before the run folder is touched."""
+    config = ctx.config
+    ctx.task  # noqa: B018  (an unknown task fails here)
+    examples = ctx.examples()
+    fewest = {name: STAGES[name].fewest_examples(config) for name in names}
+    need = max(fewest.values(), default=1)
+    if len(examples) < need:
+        which = max(fewest, key=lambda name: fewest[name])
+        capped = config.limit is not None and len(examples) == config.limit
+        raise InputError(
+            f"the {config.split} split of {config.task} gives {len(examples)} example(s); stage {which} "
+            f"needs at least {need}; {'raise --limit' if capped else 'use more data'} (or leave {which} "
+            "out of --stages)"
+        )
+    ctx.encoder()  # a bad or offline model fails here
+    if config.tuned is not None:
+        ctx.encoder(config.labels[1])
+    for name in names:
+        check = STAGES[name].check
+        if check is not None:
+            check(ctx)
+
+
+def _is_done(root: Path, record: Mapping[str, Any], digest: str) -> bool:
+    return (
+        record.get("status") == "done"
+        and record.get("config") == digest
+        and not runfolder.damaged_outputs(root, record)
+    )
+
+
+def _record(manifest: dict[str, Any], ctx: RunContext) -> None:
+    """Fold what the run learnt so far (models, trained models, notes) into the manifest."""
+    manifest["models"] = {**manifest.get("models", {}), **ctx.model_records()}
+    manifest["trained"] = {**manifest.get("trained", {}), **ctx.trained_records()}
+    manifest["notes"] = list(dict.fromkeys([*manifest.get("notes", []), *ctx.notes]))
+    manifest["updated"] = _now()
 
 
 def _start_manifest(root: Path, config: AnalyzeConfig) -> dict[str, Any]:
+    """The manifest this run starts from: the earlier one if it ran this configuration, else a new one.
+
+    A manifest of another configuration, or a damaged one, retires what it vouched for (moved aside).
+    """
     import transformers
 
     import tunescope
 
-    path = root / MANIFEST
-    previous: dict[str, Any] = read_manifest(root) if path.exists() else {}
-    stages = previous.get("stages", {}) if previous.get("config_digest") == config.digest() else {}
+    previous: dict[str, Any] | None = None
+    note = None
+    if (root / MANIFEST).exists():
+        try:
+            previous = runfolder.read_manifest(root)
+        except RunFolderError as err:
+            logger.warning("%s", err)
+            note = runfolder.retire(root, None, f"{MANIFEST} was damaged, so the run started afresh")
+    elif (root / runfolder.RESULTS).exists():
+        note = runfolder.retire(root, None, f"the folder held results but no {MANIFEST}")
+    if previous is not None and previous.get("config_digest") != config.digest():
+        changes = runfolder.config_changes(previous.get("config", {}), config.to_json())
+        note = runfolder.retire(root, previous, f"the configuration changed ({changes})")
+        previous = None
+    if note is not None:
+        logger.warning("%s", note)
+    kept = previous or {}
     manifest = {
         "tunescope": tunescope.__version__,
-        "created": previous.get("created", _now()),
+        "created": kept.get("created", _now()),
         "updated": _now(),
         "config": config.to_json(),
         "config_digest": config.digest(),
@@ -498,17 +552,18 @@ def _start_manifest(root: Path, config: AnalyzeConfig) -> dict[str, Any]:
             "transformers": transformers.__version__,
         },
         "machine": {"platform": platform.platform(), "device": str(resolve_device(config.device))},
-        "models": previous.get("models", {}) if stages else {},
-        "trained": previous.get("trained", {}) if stages else {},
-        "stages": stages,
-        "notes": previous.get("notes", []) if stages else [],
+        "models": kept.get("models", {}),
+        "trained": kept.get("trained", {}),
+        "stages": kept.get("stages", {}),
+        "notes": [*kept.get("notes", []), *([note] if note else [])],
     }
-    write_json(path, manifest)
+    runfolder.write_manifest(root, manifest)
     return manifest
 
 
-def _outputs_exist(root: Path, record: Mapping[str, Any]) -> bool:
-    return all((root / out).exists() for out in record.get("outputs", []))
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _model_record(encoder: Encoder) -> dict[str, Any]:

@@ -25,8 +25,7 @@ TextColumn = Annotated[str | None, typer.Option("--text", help="Column with the 
 PairColumn = Annotated[str | None, typer.Option("--text-pair", help="Column with the second text of a pair.")]
 LabelColumn = Annotated[str | None, typer.Option("--label", help="Column with the label (with --data).")]
 Split = Annotated[str, typer.Option("--split", help="Split of the task to use.")]
-Limit = Annotated[int | None, typer.Option("--limit", help="Use at most this many examples.")]
-AnalysisLimit = Annotated[int | None, typer.Option("--limit", help="Examples analysed (0 = all).")]
+AnalysisLimit = Annotated[int | None, typer.Option("--limit", min=0, help="Examples analysed (0 = all).")]
 SentencePooling = Annotated[str, typer.Option("--pooling", help="mean or cls.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Examples per forward pass.")]
 Measures = Annotated[
@@ -34,6 +33,18 @@ Measures = Annotated[
     typer.Option("--measure", "-m", help="linear_cka (default), rbf_cka, svcca, ...; ':debiased' suffix."),
 ]
 Rsa = Annotated[str, typer.Option("--rsa", help="RDM,COMPARE for rsa.csv, or 'none'.")]
+
+
+def new_output_dir(out: Path | None) -> Path:
+    """The ``--out`` folder of a command that exports: required, new or empty, and writable."""
+    from tunescope._io import check_output_dir
+
+    if out is None:
+        raise InputError("--out DIR is required: the new folder the results are written to")
+    folder = check_output_dir(out)
+    if folder.is_dir() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
+        raise InputError(f"--out {folder} exists and is not empty; choose a new folder or delete it")
+    return folder
 
 
 def load_examples(

@@ -35,7 +35,7 @@ def analyze(
     epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs (every experiment).")] = 1,
     lr: Annotated[float, typer.Option("--lr", help="Peak fine-tuning learning rate (AdamW).")] = 5e-5,
     train_limit: Annotated[
-        int, typer.Option("--train-limit", help="Training examples for fine-tuning (0 = all).")
+        int, typer.Option("--train-limit", min=0, help="Training examples for fine-tuning (0 = all).")
     ] = 2000,
     ffn_layers: Annotated[
         str | None,

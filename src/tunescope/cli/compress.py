@@ -12,7 +12,6 @@ from tunescope.cli.truncate import (
     MaxLength,
     Tuned,
     before_after,
-    check_out,
     evaluate_pair,
     get_task,
     load_tuned,
@@ -64,7 +63,7 @@ def compress(
     from tunescope.pipeline import resolve_device
     from tunescope.surgery import count_parameters, export, truncate
 
-    folder = check_out(out)
+    folder = opt.new_output_dir(out)
     ffn_layers = opt.layer_list(remove_ffn, "--remove-ffn") or ()
     if drop_top is None and not ffn_layers:
         raise InputError("nothing to do: pass --drop-top K and/or --remove-ffn LAYERS (e.g. 2,5)")

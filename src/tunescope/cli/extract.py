@@ -26,7 +26,7 @@ def extract(
         str | None, typer.Option("--layers", help="Comma-separated layers, e.g. 0,3,6.")
     ] = None,
     split: opt.Split = "validation",
-    limit: opt.Limit = None,
+    limit: opt.AnalysisLimit = None,
     data_dir: opt.DataDir = None,
     data: opt.DataFile = None,
     text: opt.TextColumn = None,
@@ -48,13 +48,17 @@ def extract(
     """
     import torch
 
+    from tunescope._io import check_output_dir, check_output_file
     from tunescope.errors import InputError
     from tunescope.extract import POOLINGS
     from tunescope.extract import extract as run_extract
     from tunescope.models import load_encoder
     from tunescope.pipeline import resolve_device
 
-    if pooling not in POOLINGS:  # before anything slow
+    out = check_output_file(out)  # before anything slow
+    if cache_dir is not None:
+        check_output_dir(cache_dir, "--cache-dir")
+    if pooling not in POOLINGS:
         from tunescope.errors import UnknownNameError
 
         raise UnknownNameError("pooling", pooling, POOLINGS)
@@ -64,7 +68,8 @@ def extract(
         raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from None
     torch.manual_seed(seed)
     examples = opt.load_examples(
-        task, data, text=text, text_pair=text_pair, label=label, split=split, data_dir=data_dir, limit=limit
+        task, data, text=text, text_pair=text_pair, label=label, split=split, data_dir=data_dir,
+        limit=limit or None,
     )
     encoder = load_encoder(model, device=str(resolve_device(device)))
     reps = run_extract(

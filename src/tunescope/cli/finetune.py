@@ -42,10 +42,11 @@ def finetune(
         bool, typer.Option("--keep-best/--keep-last", help="Save the best epoch (validation) or the last.")
     ] = True,
     train_limit: Annotated[
-        int | None, typer.Option("--train-limit", help="Use the first N training examples.")
+        int | None, typer.Option("--train-limit", min=0, help="Use the first N training examples (0 = all).")
     ] = None,
     validation_limit: Annotated[
-        int | None, typer.Option("--validation-limit", help="Use the first N validation examples.")
+        int | None,
+        typer.Option("--validation-limit", min=0, help="Use the first N validation examples (0 = all)."),
     ] = None,
     data_dir: opt.DataDir = None,
     conllu: Annotated[
@@ -100,6 +101,7 @@ def finetune(
 
         tunescope finetune --task movie-sentiment --silver pos --train-limit 2000 --out tagger-pos
     """
+    from tunescope._io import check_output_dir
     from tunescope.errors import InputError
     from tunescope.finetune import FinetuneConfig
     from tunescope.finetune import finetune as run_finetune
@@ -128,8 +130,8 @@ def finetune(
         data=data,
         text=text,
         data_dir=data_dir,
-        train_limit=train_limit,
-        validation_limit=validation_limit,
+        train_limit=train_limit or None,
+        validation_limit=validation_limit or None,
         seed=seed,
         out=out,
     )
@@ -137,6 +139,7 @@ def finetune(
         raise InputError("--task is required (see `tunescope tasks`), e.g. --task movie-sentiment")
     if out is None:
         raise InputError("--out DIR is required: the folder the fine-tuned model is written to")
+    check_output_dir(out)
     train, validation = tokens if tokens is not None else (None, None)
     result = run_finetune(
         model,
@@ -146,8 +149,8 @@ def finetune(
         train=train,
         validation=validation,
         data_dir=data_dir,
-        train_limit=train_limit,
-        validation_limit=validation_limit,
+        train_limit=train_limit or None,
+        validation_limit=validation_limit or None,
         device=resolve_device(device),
     )
     typer.echo(

@@ -1,4 +1,11 @@
-"""Entry point: builds the typer app from the subcommand modules and turns errors into exit code 2."""
+"""Entry point: builds the typer app from the subcommand modules and turns every failure into one line.
+
+This is the error-translation boundary of the command line. A :class:`TunescopeError` (bad input, a
+damaged file named with its fix) prints ``error: ...`` and exits with 2; a usage error is click's own
+message and 2; an :class:`OSError` that no reader translated (disk full, permission denied) prints the
+file and the reason and exits with 2; Ctrl-C prints that completed work is kept and exits with 130. Only
+a genuine bug ends in a traceback.
+"""
 
 from __future__ import annotations
 
@@ -36,22 +43,73 @@ truncate.register(app)
 compress.register(app)
 probe.register(app)
 
+INTERRUPTED = "interrupted: completed work is kept; rerun the same command to resume"
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; a :class:`TunescopeError` prints one line on stderr and exits with its code (2)."""
-    logging.basicConfig(level=os.environ.get("TUNESCOPE_LOG", "WARNING"), format="%(levelname)s %(message)s")
+    """Run the CLI and return its exit code (0 success, 2 bad input, 130 interrupted)."""
+    _setup_logging()
     _quiet_transformers()
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
     try:
-        app(args=argv, standalone_mode=True)  # click prints usage errors itself and exits with 2
+        # click's own main() would catch Ctrl-C and print a bare newline; run the command ourselves
+        with command.make_context("tunescope", args) as ctx:
+            command.invoke(ctx)
+    except typer.Exit as exit_:
+        return int(exit_.exit_code)
+    except typer.TyperException as err:  # usage errors (bad option, missing argument): exit code 2
+        print(f"error: {_usage_line(err)}", file=sys.stderr)
+        return int(getattr(err, "exit_code", 2))
+    except typer.Abort:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except TunescopeError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("interrupted: completed work is cached; rerun the same command to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except OSError as err:  # an environment problem no reader turned into a TunescopeError
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}; check the path, its permissions and free space",
+              file=sys.stderr)
+        return 2
     return 0
+
+
+def _usage_line(err: Exception) -> str:
+    """click's message for a usage error, in one line, pointing at the subcommand's help."""
+    format_message = getattr(err, "format_message", None)
+    message = _one_line(format_message() if callable(format_message) else str(err))
+    ctx = getattr(err, "ctx", None)
+    path = getattr(ctx, "command_path", None)
+    return f"{message} (see `{path} --help`)" if path else message
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _Format(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = _one_line(record.getMessage())
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def _setup_logging() -> None:
+    """tunescope's notices (resuming, recomputing a damaged file) on stderr, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format())
+    level = os.environ.get("TUNESCOPE_LOG", "INFO").upper()
+    own = logging.getLogger("tunescope")
+    own.handlers[:] = [handler]
+    own.setLevel(level)
+    own.propagate = False
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers[:] = [handler]
+    warnings_logger.propagate = False
 
 
 def _quiet_transformers() -> None:

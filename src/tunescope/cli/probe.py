@@ -45,9 +45,9 @@ def probe(
 
         tunescope probe bert-base-uncased --tuned my-sst2 --conllu ud-dev.conllu --probe-tasks upos,deprel
     """
-    from tunescope._io import read_csv, write_csv
+    from tunescope._io import write_csv
     from tunescope.errors import InputError
-    from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
+    from tunescope.pipeline import AnalyzeConfig, analyze, load_table, read_manifest
     from tunescope.stages.probes import COLUMNS, resolve_probe_tasks
 
     if task is not None and conllu is not None:
@@ -77,8 +77,7 @@ def probe(
     root = analyze(config)
     for note in read_manifest(root).get("notes", []):
         typer.echo(f"note: {note}", err=True)
-    table = root / "results" / "probes.csv"
-    rows = read_csv(table) if table.exists() else []
+    rows = load_table(root, "probes")
     write_csv(root / "probes.csv", rows, COLUMNS)
     if rows:
         typer.echo(

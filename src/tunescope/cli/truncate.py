@@ -63,7 +63,7 @@ def truncate(
     from tunescope.errors import InputError
     from tunescope.pipeline import resolve_device
 
-    folder = check_out(out)
+    folder = opt.new_output_dir(out)
     if keep is not None and keep < 1:
         raise InputError(f"--keep {keep} keeps no transformer layer; pass --keep K with K >= 1")
     task_obj = get_task(task)
@@ -143,20 +143,6 @@ def _recommendation(rows: list[dict[str, Any]], best: dict[str, Any] | None, met
 # ------------------------------------------------------------------------------------------------
 # helpers shared with ``tunescope compress``
 # ------------------------------------------------------------------------------------------------
-def check_out(out: Path | None) -> Path:
-    """The ``--out`` folder: required, and new or empty (checked before anything slow runs)."""
-    from tunescope.errors import InputError
-
-    if out is None:
-        raise InputError("--out DIR is required: the new folder the results are written to")
-    folder = out.expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"--out {folder} is a file; pass a new folder")
-    if folder.is_dir() and any(folder.iterdir()):
-        raise InputError(f"--out {folder} exists and is not empty; choose a new folder or delete it")
-    return folder
-
-
 def get_task(name: str | None) -> Task | None:
     """The registered task called ``name`` (``None`` stays ``None``)."""
     if name is None:

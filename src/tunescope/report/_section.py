@@ -10,7 +10,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from tunescope.pipeline import load_table
+from tunescope import runfolder
 
 __all__ = ["SECTIONS", "Section", "SectionBuilder", "section"]
 
@@ -20,21 +20,25 @@ class Section:
 
     def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
         self.root, self.manifest = root, manifest
+        self.figures: dict[str, bytes] = {}  # written by the report once every section is built
 
     def table(self, name: str) -> list[dict[str, str]]:
-        """Rows of ``RUN/results/<name>.csv`` as strings (empty when the stage did not write it)."""
-        return load_table(self.root, name)
+        """Rows of ``RUN/results/<name>.csv`` as strings, if the manifest vouches for the table (else empty).
+
+        Raises:
+            RunFolderError: the table is damaged (its bytes differ from the hash in the manifest).
+        """
+        return runfolder.load_table(self.root, name, self.manifest)
 
     def figure(self, name: str, fig: Figure) -> dict[str, str]:
-        """Save ``fig`` as ``figures/<name>.png`` and return it inlined for the HTML."""
+        """Keep ``fig`` for ``figures/<name>.png`` and return it inlined for the HTML."""
         import matplotlib.pyplot as plt
 
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)
         data = buffer.getvalue()
-        (self.root / "figures").mkdir(exist_ok=True)
-        (self.root / "figures" / f"{name}.png").write_bytes(data)
+        self.figures[f"{name}.png"] = data
         return {"name": name, "src": "data:image/png;base64," + base64.b64encode(data).decode()}
 
 

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tunescope.errors import InputError
-from tunescope.pipeline import AnalyzeConfig, RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table, register_stage
 
 if TYPE_CHECKING:
     from tunescope.data import Examples, Task
@@ -176,14 +176,15 @@ def _rows(
     return rows
 
 
-def check(config: AnalyzeConfig) -> None:
+def check(ctx: RunContext) -> None:
     """Out-of-domain task names, before anything runs."""
-    ood_tasks(config.task, config.ood_tasks)
+    ood_tasks(ctx.config.task, ctx.config.ood_tasks)
 
 
 register_stage(
     Stage(
         check=check,
+        min_examples=lambda config: 3 if config.rsa is not None else 2,  # RSA: 2 dissimilarities at least
         name="domains",
         title="In-domain vs out-of-domain change",
         run=run,

@@ -278,8 +278,18 @@ def run(ctx: RunContext) -> list[Table]:
     return [*tables, Table("ffn", COLUMNS, result_rows)]
 
 
+def check(ctx: RunContext) -> None:
+    """``--ffn-layers`` against the pre-trained model's depth, before anything is trained."""
+    if ctx.config.ffn_layers is not None:
+        base = ctx.encoder(ctx.config.labels[0])
+        check_ffn_layers(
+            ctx.config.ffn_layers, base.num_layers, shared=base.adapter.shared_layers(), family=base.family
+        )
+
+
 register_stage(
     Stage(
+        check=check,
         name="ffn",
         title="Fine-tuning without some FFN sublayers",
         run=run,

@@ -8,6 +8,7 @@ Writes ``finetune.csv``: one row per epoch with the training loss, the validatio
 
 from __future__ import annotations
 
+from tunescope.errors import DataError
 from tunescope.pipeline import RunContext, Stage, Table, register_stage
 
 COLUMNS = (
@@ -49,8 +50,24 @@ def run(ctx: RunContext) -> list[Table]:
     return [Table("finetune", COLUMNS, rows)]
 
 
+def check(ctx: RunContext) -> None:
+    """A run that fine-tunes needs a training split with at least two classes (checked before training)."""
+    config = ctx.config
+    if config.tuned is not None or not config.finetune or ctx.task.label_kind == "regression":
+        return
+    train = ctx.task.load("train", data_dir=config.data_dir, limit=config.train_limit)
+    classes = train.present_classes
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no class labels"
+        raise DataError(
+            f"stage finetune: the {len(train)} training example(s) of {config.task} have {found}, and a "
+            "classifier needs at least two; raise --train-limit, fix the data's labels, or pass --tuned DIR"
+        )
+
+
 register_stage(
     Stage(
+        check=check,
         name="finetune",
         title="Fine-tuning",
         run=run,

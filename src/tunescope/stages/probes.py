@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from tunescope.errors import DataError, InputError, MissingExtraError, UnknownNameError
-from tunescope.pipeline import AnalyzeConfig, RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table, register_stage
 
 if TYPE_CHECKING:
     from tunescope.data.tokens import TokenExamples
@@ -318,14 +318,15 @@ def _sentence_fallback(ctx: RunContext, fields: tuple[str, ...]) -> list[Table]:
     return [Table("probes", COLUMNS, rows)]
 
 
-def check(config: AnalyzeConfig) -> None:
+def check(ctx: RunContext) -> None:
     """Probe names and the CoNLL-U file, before anything runs."""
-    resolve_probe_tasks(config.probe_tasks, config.conllu)
+    resolve_probe_tasks(ctx.config.probe_tasks, ctx.config.conllu)
 
 
 register_stage(
     Stage(
         check=check,
+        min_examples=3,  # a train, a validation and a test sentence
         name="probes",
         title="Probing classifiers: linguistic information kept",
         run=run,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunescope.errors import UnknownNameError
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import AnalyzeConfig, RunContext, Stage, Table, register_stage
 
 CKA_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "measure", "split", "value")
 RSA_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "rdm", "compare", "split", "value")
@@ -95,8 +95,20 @@ def run(ctx: RunContext) -> list[Table]:
     return tables
 
 
+def min_examples(config: AnalyzeConfig) -> int:
+    """The fewest examples every configured measure (and RSA, which needs 3) is defined for."""
+    from tunescope.similarity import MEASURES
+
+    need = [3] if config.rsa is not None else [2]
+    for spec in config.measures:
+        name, debiased = parse_measure(spec)
+        need += [MEASURES[name].min_examples, 4 if debiased else 2]
+    return max(need)
+
+
 register_stage(
     Stage(
+        min_examples=min_examples,
         name="similarity",
         title="Layer similarity (CKA and RSA)",
         run=run,

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 from torch import Tensor
 
-from tunescope.errors import MeasureError
+from tunescope.errors import DataError, MeasureError
 from tunescope.pipeline import RunContext, Stage, Table, register_stage
 from tunescope.variability import LayerSelection, layer_variability, select_layers
 
@@ -73,12 +73,7 @@ def run(ctx: RunContext) -> list[Table]:
         )
         return []
     labels = ctx.examples().labels
-    if labels is None or len(np.unique(labels)) < 2:
-        found = "no labels" if labels is None else f"only the class {np.unique(labels).tolist()}"
-        ctx.note(
-            f"variability: the {ctx.config.split} examples have {found}; the variability ratio needs at "
-            "least two classes (raise --limit or pick another split)."
-        )
+    if labels is None:  # check() refuses unlabelled examples; a direct call gets nothing
         return []
     base = ctx.config.labels[0]
     curves: dict[str, dict[int, float]] = {}
@@ -125,8 +120,24 @@ def run(ctx: RunContext) -> list[Table]:
     return tables
 
 
+def check(ctx: RunContext) -> None:
+    """The analysis examples must hold at least two classes (the ratio compares classes)."""
+    if ctx.task.label_kind == "regression":
+        return
+    examples = ctx.examples()
+    classes = examples.present_classes
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no class labels"
+        raise DataError(
+            f"stage variability: the {len(examples)} {ctx.config.split} example(s) of "
+            f"{ctx.config.task} have {found}, and the variability ratio needs at least two classes; "
+            "raise --limit, pick another --split, or leave variability out of --stages"
+        )
+
+
 register_stage(
     Stage(
+        check=check,
         name="variability",
         title="Hidden-state variability",
         run=run,
