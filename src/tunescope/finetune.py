@@ -34,6 +34,21 @@ Layout of ``out/`` while training::
 
 Each ``epoch-N`` folder is written to a temporary folder and renamed, so it is complete or absent; only
 the latest and the best epoch are kept, and ``checkpoints/`` is removed once the final model is saved.
+
+Files damaged on disk afterwards (a full disk, a cut copy, a hand edit) never end a rerun in a traceback,
+and each is named in a warning (``logging``, which the CLI prints on stderr):
+
+* a damaged ``trainable.safetensors``, ``trainer_state.pt`` or ``state.json`` makes its checkpoint
+  unusable, and so does a checkpoint whose best epoch's weights are unusable (the final model is the
+  best epoch's): it is skipped, training resumes from the newest usable checkpoint, or from the start if
+  there is none, and ends with the weights an uninterrupted run ends with. Usable checkpoints are kept.
+* a damaged ``checkpoints/run.json`` is rewritten: the ``state.json`` of each checkpoint names its run
+  too, so the checkpoints of this run are still used, and checkpoints of another run still refuse
+  ``out``.
+* a damaged ``tunescope_finetune.json`` (or final ``model.safetensors``) means the run cannot be shown
+  to be finished: it is trained again (resuming from checkpoints if any are left) and its files in
+  ``out`` are replaced, the same as an interrupted run's. The record is only trusted, and ``out`` only
+  refused as another run's, when the record can be read.
 """
 
 from __future__ import annotations
@@ -75,7 +90,17 @@ from tunescope.errors import (
     UnsupportedArchitectureError,
 )
 from tunescope.models.adapters import ArchitectureAdapter, get_adapter
-from tunescope.models.loading import Encoder, default_model_path, load_classifier, load_encoder
+from tunescope.models.loading import (
+    _CONFIG_ERRORS,
+    _TORCH_LOAD_ERRORS,
+    Encoder,
+    _damaged_weights,
+    _safetensors_problem,
+    _torch_load_problem,
+    default_model_path,
+    load_classifier,
+    load_encoder,
+)
 
 if TYPE_CHECKING:
     from tunescope.metrics import HeadKind
@@ -354,6 +379,20 @@ def _check_classes(labels: _Labels, train: Examples | TokenExamples) -> None:
             f"{labels.task_name}: {n_train} training {unit} for {labels.num_labels} classes; "
             "give at least one per class (raise --train-limit or pass more data)"
         )
+    if isinstance(train, TokenExamples):
+        seen = {int(t) for tags in train.tags for t in tags}
+    else:
+        assert train.labels is not None
+        seen = {int(v) for v in train.labels.tolist()}
+    if len(seen) == 1:  # trains to a constant and scores "accuracy 1.0" on a split like it
+        (only,) = seen
+        name = labels.names[only] if labels.names is not None and 0 <= only < len(labels.names) else only
+        what, model = ("tag", "tagger") if isinstance(train, TokenExamples) else ("class", "classifier")
+        raise DataError(
+            f"the training split of {labels.task_name} has only one {what} ({name!r}, all {n_train} "
+            f"{unit}); a {model} needs at least two: check the labels of the data (a --train-limit that "
+            "keeps the start of a file sorted by label keeps one class)"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,7 +405,7 @@ def _checkpoint_head(ref: str | os.PathLike[str] | None) -> tuple[str | None, in
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             config = transformers.AutoConfig.from_pretrained(os.fspath(folder))
-    except Exception:  # noqa: BLE001 - the loader below reports the problem properly
+    except _CONFIG_ERRORS:  # missing, unreachable or damaged: the loader below says so in one line
         return None, 0, None
     for kind, suffix in _HEAD_SUFFIX.items():
         if any(str(a).endswith(suffix) for a in (getattr(config, "architectures", None) or [])):
@@ -573,17 +612,126 @@ def _epochs_on_disk(folder: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := _EPOCH_DIR.match(p.name)))
 
 
-def _load_weights(model: nn.Module, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
+def _damaged(path: Path, reason: str) -> CacheError:
+    return CacheError(f"fine-tuning checkpoint file {path} is damaged ({reason})")
+
+
+def _read_trainable(checkpoint: Path, model: nn.Module, *, load: bool = True) -> dict[str, torch.Tensor]:
+    """The trainable tensors saved in ``checkpoint`` (``load=False``: only check names and shapes).
+
+    Raises:
+        CacheError: The file is missing, cut, overwritten or holds other tensors than ``model`` trains.
+    """
+    from safetensors import SafetensorError, safe_open
 
     path = checkpoint / "trainable.safetensors"
+    expected = {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     try:
-        tensors = load_file(str(path))
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CacheError(f"checkpoint {path} is unreadable ({exc}); delete {checkpoint} and rerun") from exc
-    expected = {n for n, p in model.named_parameters() if p.requires_grad}
-    if set(tensors) != expected:
-        raise CacheError(f"checkpoint {checkpoint} does not match this model; delete it and rerun")
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {n: tuple(handle.get_slice(n).get_shape()) for n in handle.keys()}
+            if shapes != expected:
+                raise _damaged(path, "its tensors are not the ones this model trains")
+            return {n: handle.get_tensor(n) for n in shapes} if load else {}
+    except (SafetensorError, OSError) as exc:
+        reason = "missing" if isinstance(exc, FileNotFoundError) else _safetensors_problem(exc)
+        raise _damaged(path, reason) from exc
+
+
+def _read_trainer(checkpoint: Path) -> dict[str, Any]:
+    """Optimizer, scheduler and RNG state saved in ``checkpoint`` (raises :class:`CacheError` if damaged)."""
+    path = checkpoint / "trainer_state.pt"
+    try:
+        trainer = torch.load(path, map_location="cpu", weights_only=True)
+    except _TORCH_LOAD_ERRORS as exc:
+        reason = "missing" if isinstance(exc, FileNotFoundError) else _torch_load_problem(path, exc)
+        raise _damaged(path, reason) from exc
+    parts = ("optimizer", "scheduler", "rng")
+    if not isinstance(trainer, dict) or not all(isinstance(trainer.get(k), dict) for k in parts):
+        raise _damaged(path, "it lacks the optimizer, scheduler or random-generator state")
+    if not isinstance(trainer["rng"].get("cpu"), torch.Tensor):
+        raise _damaged(path, "it lacks the random-generator state")
+    return trainer
+
+
+def _read_state(checkpoint: Path, key: str, epoch: int) -> dict[str, Any]:
+    """The ``state.json`` of ``checkpoint`` (epoch ``epoch`` of run ``key``); :class:`CacheError` if not."""
+    path = checkpoint / "state.json"
+    state, problem = _json_record(path)
+    if state is None:
+        raise _damaged(path, problem)
+    if state.get("key") != key:
+        raise CacheError(f"fine-tuning checkpoint {checkpoint} belongs to another run")
+    try:
+        fits = int(state["epoch"]) == epoch and 1 <= int(state["best_epoch"]) <= epoch
+        float(state["best_value"])
+    except (KeyError, TypeError, ValueError):
+        fits = False
+    history = state.get("history")
+    if not (
+        isinstance(history, list) and len(history) == epoch and all(isinstance(r, dict) for r in history)
+    ):
+        fits = False
+    if not fits:
+        raise _damaged(path, f"its entries do not describe epoch {epoch} of this run")
+    return state
+
+
+def _resume(
+    folder: Path,
+    key: str,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+) -> dict[str, Any] | None:
+    """Restore the newest usable checkpoint of ``folder``; return its state, or ``None`` if none is usable.
+
+    The checkpoint's weights go into ``net``, its trainer state into ``optimizer``, ``scheduler`` and the
+    RNG. A checkpoint is usable when its three files read and fit this run and the weights of its best
+    epoch (which the final model will be) read too; each other one is skipped with a warning and changes
+    nothing, so with none usable training starts afresh exactly as a new run does.
+    """
+    fresh = (copy.deepcopy(optimizer.state_dict()), copy.deepcopy(scheduler.state_dict()), _rng_state(device))
+    epochs = _epochs_on_disk(folder)
+    for epoch in reversed(epochs):
+        checkpoint = folder / f"epoch-{epoch}"
+        try:
+            state = _read_state(checkpoint, key, epoch)
+            trainer = _read_trainer(checkpoint)
+            tensors = _read_trainable(checkpoint, net)
+            best = int(state["best_epoch"])
+            if best != epoch:
+                _read_trainable(folder / f"epoch-{best}", net, load=False)
+            try:
+                optimizer.load_state_dict(trainer["optimizer"])
+                scheduler.load_state_dict(trainer["scheduler"])
+                _set_rng_state(trainer["rng"], device)
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                optimizer.load_state_dict(copy.deepcopy(fresh[0]))
+                scheduler.load_state_dict(copy.deepcopy(fresh[1]))
+                _set_rng_state(fresh[2], device)
+                path = checkpoint / "trainer_state.pt"
+                raise _damaged(path, f"it does not fit this optimizer: {exc}") from exc
+        except CacheError as exc:
+            logger.warning("%s; skipping checkpoint %s", exc, checkpoint.name)
+            continue
+        with torch.no_grad():
+            params = dict(net.named_parameters())
+            for name, tensor in tensors.items():
+                params[name].copy_(tensor)
+        return state
+    if epochs:
+        logger.warning("no usable checkpoint in %s; fine-tuning again from epoch 1", folder)
+    return None
+
+
+def _load_weights(model: nn.Module, checkpoint: Path) -> None:
+    try:
+        tensors = _read_trainable(checkpoint, model)
+    except CacheError as exc:
+        raise CacheError(
+            f"{exc}; rerun the same command to train again from the checkpoints that are usable"
+        ) from exc
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, tensor in tensors.items():
@@ -732,26 +880,97 @@ def _result_from_json(out: Path, record: dict[str, Any]) -> FinetuneResult:
     )
 
 
-def _check_out(out: Path, key: str) -> dict[str, Any] | None:
-    """The finished run's record when ``out`` holds this run, finished; refuse an ``out`` of another run."""
+def _json_record(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The JSON object in ``path``, or ``None`` and why not (missing, empty, cut, not an object)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as exc:
+        return None, exc.strerror or type(exc).__name__
+    if not data.strip():
+        return None, "empty file"
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc.msg}, line {exc.lineno} column {exc.colno}"
+    if not isinstance(value, dict):
+        return None, f"a JSON {type(value).__name__} where an object belongs"
+    return value, ""
+
+
+def _finished(out: Path, record: dict[str, Any]) -> FinetuneResult | None:
+    """The result a readable record of this run describes, or ``None`` (with a warning) if damaged."""
+    try:
+        result = _result_from_json(out, record)
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"entry {exc} is missing" if isinstance(exc, KeyError) else f"an entry is invalid: {exc}"
+        problem = f"{out / RESULT_FILE} is damaged ({what})"
+    else:
+        damaged = _damaged_weights(out) if (out / "config.json").is_file() else None
+        if damaged is None:
+            return result
+        problem = str(damaged).rsplit("; ", 1)[0]  # without its fix, which is to train again here
+    logger.warning("%s; the run is not counted as finished and is trained again", problem)
+    return None
+
+
+def _checkpoint_owners(folder: Path) -> set[str]:
+    """The run keys that the readable ``state.json`` files of ``folder``'s checkpoints name."""
+    owners = set()
+    for epoch in _epochs_on_disk(folder):
+        state, _ = _json_record(folder / f"epoch-{epoch}" / "state.json")
+        if state is not None and isinstance(state.get("key"), str):
+            owners.add(state["key"])
+    return owners
+
+
+def _check_out(out: Path, key: str) -> FinetuneResult | None:
+    """The finished run's result when ``out`` holds this run, finished; refuse an ``out`` of another run.
+
+    Damaged records are handled as the module docstring says: an unreadable ``tunescope_finetune.json``
+    makes the run unfinished; an unreadable ``checkpoints/run.json`` leaves the decision to the
+    checkpoints' own ``state.json`` files.
+    """
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; --out must be a folder (new, empty, or of this same run)")
+    other = "choose another --out or delete it"
     result = out / RESULT_FILE
     if result.is_file():
-        record = json.loads(result.read_text())
-        if record.get("key") == key:
-            return dict(record)
-        raise InputError(
-            f"{out} holds a fine-tuned model with other settings, data or starting model; "
-            "choose another --out or delete it"
-        )
-    run = out / _CHECKPOINTS / "run.json"
-    if run.is_file():
-        if json.loads(run.read_text()).get("key") != key:
-            raise InputError(
-                f"{out} holds checkpoints of a run with other settings, data or starting model; "
-                "choose another --out or delete it"
+        record, problem = _json_record(result)
+        if record is None:
+            logger.warning(
+                "%s is damaged (%s); the run is not counted as finished and is trained again", result, problem
             )
+        elif record.get("key") != key:
+            raise InputError(
+                f"{out} holds a fine-tuned model with other settings, data or starting model; {other}"
+            )
+        else:
+            finished = _finished(out, record)
+            if finished is not None:
+                return finished
+    folder = out / _CHECKPOINTS
+    run = folder / "run.json"
+    if run.is_file():
+        record, problem = _json_record(run)
+        if record is not None and not isinstance(record.get("key"), str):
+            record, problem = None, 'no "key" entry'
+        owners = _checkpoint_owners(folder) if record is None else {record["key"]}
+        if owners and key not in owners:
+            raise InputError(
+                f"{out} holds checkpoints of a run with other settings, data or starting model; {other}"
+            )
+        if record is None:
+            logger.warning(
+                "%s is damaged (%s); rewriting it (each checkpoint's state.json says whose it is)",
+                run,
+                problem,
+            )
+    elif result.is_file():
+        pass  # this run's record, damaged (or its model is): trained again, its files replaced
     elif out.is_dir() and any(p.name != _CHECKPOINTS or any(p.iterdir()) for p in out.iterdir()):
         raise InputError(f"{out} is not empty and holds no tunescope fine-tuning run; choose a new --out")
     return None
@@ -812,7 +1031,7 @@ def finetune(
         InputError: A head that does not fit the task (number of labels, regression vs classes, token
             vs sequence), layers out of range, bad options, or an ``out`` folder of another run.
         DataError: Too little data (fewer than 2 examples in a split, fewer training examples than
-            classes), missing labels, labels that do not fit the task.
+            classes), a training split of one class, missing labels, labels that do not fit the task.
         UnknownNameError: Unknown task or adapter.
         MissingExtraError: ``adapter="lora"`` without peft installed.
 
@@ -862,7 +1081,7 @@ def finetune(
     done = _check_out(out_path, key)
     if done is not None:
         logger.info("%s already holds this fine-tuning run; not retraining", out_path)
-        return _result_from_json(out_path, done)
+        return done
 
     tokenizer = encoder.tokenizer
     max_length = _m.max_length_for(tokenizer, encoder.model.config, config.max_length)
@@ -926,28 +1145,26 @@ def _train(
     for stray in out.glob(".export.*"):  # left by a run killed while saving
         shutil.rmtree(stray, ignore_errors=True)
     run_file = folder / "run.json"
-    if not run_file.is_file():
+    run_record, _ = _json_record(run_file)
+    if run_record is None or run_record.get("key") != key:  # new, or damaged (_check_out warned)
         write_json(run_file, {"key": key, "config": dataclasses.asdict(config)})
     history: list[dict[str, Any]] = []
     best_epoch, best_value, start = 0, math.nan, 0
-    done = _epochs_on_disk(folder)
-    if done:
-        start = done[-1]
-        last = folder / f"epoch-{start}"
-        state = json.loads((last / "state.json").read_text())
-        if state.get("key") != key:
-            raise CacheError(f"{last} belongs to another run; delete {out} and rerun")
-        _load_weights(net, last)
-        trainer = torch.load(last / "trainer_state.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(trainer["optimizer"])
-        scheduler.load_state_dict(trainer["scheduler"])
-        _set_rng_state(trainer["rng"], device)
+    state = _resume(folder, key, net, optimizer, scheduler, device)
+    if state is not None:
+        start = int(state["epoch"])
         history, best_epoch, best_value = (
             state["history"],
             int(state["best_epoch"]),
             float(state["best_value"]),
         )
-        logger.info("resuming %s after epoch %d", out, start)
+        logger.warning(
+            "resuming fine-tuning in %s after epoch %d of %d (checkpoint %s)",
+            out,
+            start,
+            config.epochs,
+            folder / f"epoch-{start}",
+        )
 
     eval_batch = max(config.batch_size, 64)
     for epoch in range(start + 1, config.epochs + 1):

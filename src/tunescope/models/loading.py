@@ -3,6 +3,12 @@
 Every user mistake (missing folder, no ``config.json``, an offline hub id, a tokenizer that does not
 fit, an architecture without adapter) becomes one :class:`~tunescope.errors.TunescopeError` line that
 says how to fix it; transformers' own ``OSError``/``ValueError`` never reach the user raw.
+
+Damaged files get the same treatment, each named in its message: ``config.json`` and the tokenizer files
+are read and checked *before* transformers parses them (not JSON, empty, not UTF-8, a JSON list where an
+object belongs, a size that is not a whole number); a weights file (``*.safetensors``, its
+``*.index.json``, ``pytorch_model*.bin``) is examined when ``from_pretrained`` fails, so the message
+names the damaged file rather than repeating safetensors' or torch's own words.
 """
 
 from __future__ import annotations
@@ -12,12 +18,16 @@ import json
 import logging
 import os
 import pathlib
+import pickle
 import re
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from torch import nn
 
 from tunescope.errors import (
@@ -67,6 +77,39 @@ _VOLATILE_CONFIG_KEYS = frozenset(
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _TRUE = {"1", "on", "yes", "true"}
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")
+# tokenizer files that hold one JSON object; the vocabulary files a tokenizer is built from when there
+# is no tokenizer.json (then they are read, else ignored)
+_TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+_VOCAB_JSON = ("vocab.json",)
+_VOCAB_TEXT = ("vocab.txt", "merges.txt")
+# config.json entries the supported families read as whole numbers, with their smallest valid value
+_CONFIG_INTS: dict[str, int] = {
+    "vocab_size": 1,
+    "hidden_size": 1,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "intermediate_size": 1,
+    "max_position_embeddings": 1,
+    "embedding_size": 1,  # ALBERT, ELECTRA
+    "num_hidden_groups": 1,  # ALBERT
+    "inner_group_num": 1,
+    "dim": 1,  # DistilBERT's names
+    "n_layers": 1,
+    "n_heads": 1,
+    "hidden_dim": 1,
+    "type_vocab_size": 0,
+}
+# ... and as numbers (dropout rates, epsilons)
+_CONFIG_FLOATS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "layer_norm_eps",
+    "initializer_range",
+    "dropout",
+    "attention_dropout",
+)
+_RESAVE_MODEL = "re-save the model with save_pretrained() or copy the folder again"
+_RESAVE_TOKENIZER = "re-save the tokenizer with tokenizer.save_pretrained() or copy it again"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,25 +285,156 @@ class Encoder:
 
 
 def _checkpoint_keys(folder: pathlib.Path) -> set[str]:
-    """Tensor names stored in a checkpoint folder (safetensors headers, index files or a .bin)."""
+    """Tensor names stored in a checkpoint folder (safetensors headers, index files or a .bin).
+
+    The model has already loaded from ``folder`` when this runs, so a damaged file here is one that
+    ``from_pretrained`` did not need: it is skipped with a warning that names it.
+    """
     keys: set[str] = set()
-    try:
-        for index in folder.glob("*.index.json"):
-            keys |= set(json.loads(index.read_text()).get("weight_map", {}))
+    for pattern, reader in _WEIGHT_READERS.items():
+        for file in sorted(folder.glob(pattern)):
+            try:
+                keys |= reader(file)
+            except ModelLoadError as exc:
+                logger.warning("could not list the tensors in %s: %s", file, exc)
         if keys:
             return keys
-        from safetensors import safe_open
-
-        for file in folder.glob("*.safetensors"):
-            with safe_open(str(file), framework="pt") as handle:
-                keys |= set(handle.keys())
-        if not keys:
-            for file in folder.glob("pytorch_model*.bin"):
-                state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-                keys |= set(state)
-    except (OSError, ValueError, RuntimeError) as exc:
-        logger.warning("could not list the tensors in %s: %s", folder, _first_line(exc))
     return keys
+
+
+# ------------------------------------------------------------------------------------------------
+# reading files, each damage one line naming the file
+# ------------------------------------------------------------------------------------------------
+def _json_kind(value: Any) -> str:
+    """How JSON calls a parsed value that is not an object, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, list):
+        return "a list"
+    return "a string" if isinstance(value, str) else "a number"
+
+
+def _read_json_object(path: pathlib.Path, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; any damage is a :class:`ModelLoadError` naming the file and ``fix``."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path} is unreadable ({_first_line(exc)}); check its permissions") from exc
+    if not data.strip():
+        raise ModelLoadError(f"{path} is unreadable (the file is empty); {fix}")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(f"{path} is unreadable (not UTF-8 text: damaged or overwritten); {fix}") from exc
+    except json.JSONDecodeError as exc:
+        reason = f"not valid JSON: {exc.msg}, line {exc.lineno} column {exc.colno}"
+        raise ModelLoadError(f"{path} is unreadable ({reason}; cut short or edited by hand?); {fix}") from exc
+    if not isinstance(value, dict):
+        raise ModelLoadError(
+            f"{path} is unreadable (it holds {_json_kind(value)} where a JSON object {{...}} belongs); {fix}"
+        )
+    return value
+
+
+def _weights_damaged(path: pathlib.Path, reason: str) -> ModelLoadError:
+    return ModelLoadError(f"{path} is damaged ({reason}); {_RESAVE_MODEL}")
+
+
+def _size_problem(path: pathlib.Path) -> str | None:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return _first_line(exc)
+    return "empty file, 0 bytes" if size == 0 else None
+
+
+def _index_keys(path: pathlib.Path) -> set[str]:
+    """Tensor names of a sharded checkpoint's ``*.index.json``; missing shards count as damage."""
+    weight_map = _read_json_object(path, _RESAVE_MODEL).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ModelLoadError(f'{path} is unreadable (it has no "weight_map" object); {_RESAVE_MODEL}')
+    for shard in sorted({str(v) for v in weight_map.values()}):
+        if not (path.parent / shard).is_file():
+            raise ModelLoadError(
+                f"{path.parent / shard} is missing (named in {path.name}); copy the whole folder again"
+            )
+    return set(weight_map)
+
+
+def _safetensors_keys(path: pathlib.Path) -> set[str]:
+    """Tensor names in a safetensors file's header (which also proves the file is complete)."""
+    from safetensors import safe_open
+
+    problem = _size_problem(path)
+    if problem is not None:
+        raise _weights_damaged(path, problem)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return set(handle.keys())
+    except (SafetensorError, OSError) as exc:
+        raise _weights_damaged(path, _safetensors_problem(exc)) from exc
+
+
+def _safetensors_problem(exc: BaseException) -> str:
+    """A short reason, for messages, why safetensors refused a file."""
+    if isinstance(exc, OSError):
+        return _first_line(exc)
+    reason = _first_line(exc).removeprefix("Error while deserializing header: ")
+    return f"its header is invalid: {reason}; cut short or overwritten?"
+
+
+_TORCH_LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError)
+"""What ``torch.load(..., weights_only=True)`` raises on a damaged or foreign file."""
+
+
+def _torch_load_problem(path: pathlib.Path, exc: BaseException) -> str:
+    """A short reason, for messages, why ``torch.load`` failed on ``path`` with ``exc``."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as error:
+        return _first_line(error)
+    if size == 0:
+        return "empty file, 0 bytes"
+    if magic == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        return "a zip archive without its end: cut short"
+    if isinstance(exc, pickle.UnpicklingError | EOFError):
+        return "not a file torch.save() wrote: unpickling failed; overwritten?"
+    return f"not a complete PyTorch file: {_first_line(exc).split('. ')[0][:160]}"
+
+
+def _torch_keys(path: pathlib.Path) -> set[str]:
+    """Tensor names in a ``torch.save`` file (``pytorch_model.bin``)."""
+    try:
+        # memory-map the zip format torch has written since 1.6; older files are read whole
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except _TORCH_LOAD_ERRORS as exc:
+        raise _weights_damaged(path, _torch_load_problem(path, exc)) from exc
+    if not isinstance(state, dict):
+        raise _weights_damaged(path, f"it holds a {type(state).__name__}, not a dict of tensors")
+    return set(state)
+
+
+# the weights files of a model folder, in the order transformers prefers them, with their readers
+_WEIGHT_READERS: dict[str, Callable[[pathlib.Path], set[str]]] = {
+    "*.index.json": _index_keys,
+    "*.safetensors": _safetensors_keys,
+    "pytorch_model*.bin": _torch_keys,
+}
+
+
+def _damaged_weights(folder: pathlib.Path) -> ModelLoadError | None:
+    """The error naming the first damaged weights file of ``folder``, or ``None`` when none is."""
+    for pattern, reader in _WEIGHT_READERS.items():
+        for file in sorted(folder.glob(pattern)):
+            try:
+                reader(file)
+            except ModelLoadError as exc:
+                return exc
+    return None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,8 +461,11 @@ def default_model_path() -> pathlib.Path:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    """The first line of an exception's message (with the next one when the first ends in ``:``)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
 
 
 def _hub_offline() -> bool:
@@ -363,37 +540,133 @@ def _check_folder(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _check_model_type(folder: pathlib.Path) -> None:
-    """Refuse unsupported architectures from config.json alone, before transformers parses it."""
-    try:
-        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{folder / 'config.json'} is unreadable: {_first_line(exc)}") from exc
-    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+def _check_config(folder: pathlib.Path) -> None:
+    """Check ``config.json`` before transformers parses it: readable, supported, sizes whole numbers.
+
+    Raises:
+        ModelLoadError: The file is empty, not UTF-8, not JSON, not a JSON object, has no ``model_type``
+            or an entry of the wrong type (``"hidden_size": "abc"``); the message names file and entry.
+        UnsupportedArchitectureError: Its ``model_type`` has no adapter.
+    """
+    path = folder / "config.json"
+    raw = _read_json_object(path, _RESAVE_MODEL)
+    model_type = raw.get("model_type")
     if model_type is None:
-        raise ModelLoadError(f"{folder / 'config.json'} has no model_type; is it a transformers config?")
+        raise ModelLoadError(
+            f"{path} has no model_type; is it a transformers config? (re-save the model with "
+            'save_pretrained(), or add the family, e.g. "model_type": "bert")'
+        )
+    if not isinstance(model_type, str):
+        raise ModelLoadError(f'{path}: model_type must be a family name such as "bert", got {model_type!r}')
     if model_type not in ADAPTERS:
-        archs = ", ".join(raw.get("architectures") or []) or "unknown class"
+        architectures = raw.get("architectures")
+        names = architectures if isinstance(architectures, list) else []
+        archs = ", ".join(str(a) for a in names) or "unknown class"
         raise UnsupportedArchitectureError(
             f"no architecture adapter for model_type {model_type!r} ({archs}); supported families: "
             f"{', '.join(sorted(ADAPTERS))}"
         )
+    fix = "correct that entry, or re-save the model with save_pretrained()"
+    for name, low in _CONFIG_INTS.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ModelLoadError(f"{path}: {name} must be a whole number >= {low}, got {value!r}; {fix}")
+    for name in _CONFIG_FLOATS:
+        value = raw.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ModelLoadError(f"{path}: {name} must be a number, got {value!r}; {fix}")
+    # the attention heads split the width evenly (ALBERT and ELECTRA, with their own embedding width,
+    # are exempt in transformers too)
+    for width, heads in (("hidden_size", "num_attention_heads"), ("dim", "n_heads")):
+        if width in raw and heads in raw and "embedding_size" not in raw and raw[width] % raw[heads]:
+            raise ModelLoadError(
+                f"{path}: {width} {raw[width]} is not a multiple of {heads} {raw[heads]}; {fix}"
+            )
+
+
+def _check_text_file(path: pathlib.Path, fix: str) -> None:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{path} is unreadable ({_first_line(exc)}); check its permissions") from exc
+    if not data.strip():
+        raise ModelLoadError(f"{path} is unreadable (the file is empty); {fix}")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(f"{path} is unreadable (not UTF-8 text: damaged or overwritten); {fix}") from exc
 
 
 def _check_tokenizer_files(folder: pathlib.Path) -> None:
-    """Refuse a folder without tokenizer files (transformers 5 would build an empty tokenizer)."""
-    if any((folder / name).is_file() for name in _TOKENIZER_FILES) or any(folder.glob("*.model")):
-        return
-    raise ModelLoadError(
-        f"{folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)} or a sentencepiece *.model); "
-        f"save the tokenizer next to the model with tokenizer.save_pretrained('{folder}')"
-    )
+    """Refuse a folder without tokenizer files, or with a damaged one, before transformers reads them.
+
+    Without any, transformers 5 would build an empty tokenizer; an empty ``vocab.txt`` would load
+    silently as a tokenizer of five special tokens; a cut ``tokenizer.json`` would fail deep inside
+    transformers with a message that does not name the file.
+    """
+    sentencepiece = sorted(folder.glob("*.model"))
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES) and not sentencepiece:
+        raise ModelLoadError(
+            f"{folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)} or a sentencepiece *.model); "
+            f"save the tokenizer next to the model with tokenizer.save_pretrained('{folder}')"
+        )
+    for name in _TOKENIZER_JSON:
+        if (folder / name).is_file():
+            _read_json_object(folder / name, _RESAVE_TOKENIZER)
+    if (folder / "tokenizer.json").is_file():
+        return  # the fast tokenizer is built from tokenizer.json alone
+    for name in _VOCAB_JSON:
+        if (folder / name).is_file():
+            _read_json_object(folder / name, _RESAVE_TOKENIZER)
+    for name in _VOCAB_TEXT:
+        if (folder / name).is_file():
+            _check_text_file(folder / name, _RESAVE_TOKENIZER)
+    for path in sentencepiece:
+        if _size_problem(path) is not None:
+            raise ModelLoadError(f"{path} is unreadable (the file is empty); {_RESAVE_TOKENIZER}")
+
+
+_LOAD_FIXES = {
+    "config": "check its config.json, or re-save the model with save_pretrained()",
+    "tokenizer": _RESAVE_TOKENIZER,
+    "weights": _RESAVE_MODEL + " (save_pretrained() writes config.json and model.safetensors)",
+}
 
 
 def _wrap_load_error(source: _Source, what: str, exc: BaseException) -> ModelLoadError:
     if source.folder is None and _is_connection_error(exc):
         return _offline_error(source.name, "the Hugging Face hub cannot be reached (or is set offline)")
-    return ModelLoadError(f"could not load the {what} of {source.name}: {_first_line(exc)}")
+    reason = f"missing entry {exc}" if isinstance(exc, KeyError) else _first_line(exc)
+    if source.folder is None:
+        return ModelLoadError(
+            f"could not load the {what} of {source.name}: {reason}; check the hub id, or pass a local folder"
+        )
+    files = ""
+    if what == "tokenizer":  # name the files it was read from
+        names = [n for n in (*_TOKENIZER_JSON, *_VOCAB_JSON, *_VOCAB_TEXT) if (source.folder / n).is_file()]
+        files = f" (from {', '.join(names)})" if names else ""
+    return ModelLoadError(f"could not load the {what} of {source.name}{files}: {reason}; {_LOAD_FIXES[what]}")
+
+
+def _strict_config_error() -> tuple[type[Exception], ...]:
+    """huggingface_hub's config validation error (new in the hub versions transformers 5 uses)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub (transformers 4.x): configs are not validated
+        return ()
+    return (StrictDataclassError,)
+
+
+_CONFIG_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    *_strict_config_error(),
+)
+"""What ``AutoConfig.from_pretrained`` raises on a missing, unreachable or invalid config."""
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -430,11 +703,11 @@ def _load(
     torch_device = _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype)
     if source.folder is not None:
-        _check_model_type(source.folder)
+        _check_config(source.folder)
         _check_tokenizer_files(source.folder)
     try:
         config = transformers.AutoConfig.from_pretrained(source.ref)
-    except (OSError, ValueError, KeyError) as exc:
+    except _CONFIG_ERRORS as exc:
         raise _wrap_load_error(source, "config", exc) from exc
     adapter = get_adapter(config)
     for key, value in config_overrides.items():
@@ -451,11 +724,29 @@ def _load(
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = auto_class.from_pretrained(source.ref, **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
-        raise _wrap_load_error(source, "weights", exc) from exc
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        RuntimeError,
+        ImportError,
+        SafetensorError,
+        pickle.UnpicklingError,
+        EOFError,
+    ) as exc:
+        damaged = _damaged_weights(source.folder) if source.folder is not None else None
+        raise (damaged or _wrap_load_error(source, "weights", exc)) from exc
     from tunescope.surgery import apply_saved_surgery  # here: surgery imports this module
 
-    model = apply_saved_surgery(model)  # re-apply FFN removals recorded in the config
+    try:
+        model = apply_saved_surgery(model)  # re-apply FFN removals recorded in the config
+    except ModelLoadError as exc:  # a damaged surgery record: say which file holds it
+        if source.folder is None:
+            raise
+        raise ModelLoadError(
+            f"{source.folder / 'config.json'}: {exc}; correct or remove that entry, or export the model "
+            "again with tunescope.surgery.export()"
+        ) from exc
     model = model.to(torch_device)
     model.eval()
     folder = source.folder
