@@ -27,6 +27,7 @@ __all__ = [
     "check_output_file",
     "atomic_path",
     "atomic_dir",
+    "temp_dir",
     "write_text",
     "write_bytes",
     "write_json",
@@ -203,6 +204,19 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def temp_dir(parent: str | os.PathLike[str], name: str = "staging") -> Iterator[Path]:
+    """A private working folder inside ``parent``, removed afterwards (and by :func:`clean_orphans` if the
+    process dies): where a writer that makes several files, or its own temporaries, stages them."""
+    where = Path(parent)
+    _prepare(where / name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_name(where / name), suffix=".tmp", dir=where))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def _atomic_open(path: str | os.PathLike[str], newline: str | None = None) -> Iterator[IO[str]]:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline=newline) as handle:
         yield handle
@@ -263,16 +277,12 @@ def save_safetensors(
     from safetensors.torch import save_file
 
     target = Path(path)
-    _prepare(target)
-    staging = Path(tempfile.mkdtemp(prefix=_temp_name(target), suffix=".tmp", dir=target.parent))
-    try:
+    with temp_dir(target.parent, target.name) as staging:
         inner = staging / target.name
         save_file(dict(tensors), str(inner), metadata=dict(metadata) if metadata is not None else None)
         _canonical_header(inner)
         apply_umask(inner)
         os.replace(inner, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _canonical_header(path: Path) -> None:

@@ -63,7 +63,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -76,7 +75,7 @@ import transformers
 from torch import nn
 
 from tunescope import metrics as _m
-from tunescope._io import write_json
+from tunescope._io import apply_umask, atomic_dir, save_safetensors, temp_dir, write_json
 from tunescope._progress import track
 from tunescope.data.examples import Examples
 from tunescope.data.task import Task
@@ -186,14 +185,14 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_layers", _layer_tuple(self.train_layers, "train_layers"))
         object.__setattr__(self, "adapter_layers", _layer_tuple(self.adapter_layers, "adapter_layers"))
-        checks = (
-            ("epochs", self.epochs >= 1, "at least 1"),
-            ("learning_rate", self.learning_rate > 0, "positive"),
-            ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
+        checks = (  # the option's name, and the command-line flag that sets it
+            ("epochs", self.epochs >= 1, "at least 1 (--epochs)"),
+            ("learning_rate", self.learning_rate > 0, "positive (--lr)"),
+            ("batch_size", self.batch_size >= 1, "at least 1 (--batch-size)"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1) (--warmup-ratio)"),
             ("weight_decay", self.weight_decay >= 0, "at least 0"),
-            ("max_length", self.max_length >= 2, "at least 2"),
-            ("lora_r", self.lora_r >= 1, "at least 1"),
+            ("max_length", self.max_length >= 2, "at least 2 (--max-length)"),
+            ("lora_r", self.lora_r >= 1, "at least 1 (--lora-r)"),
             ("lora_alpha", self.lora_alpha > 0, "positive"),
             ("max_grad_norm", self.max_grad_norm > 0, "positive"),
         )
@@ -589,20 +588,11 @@ def _write_checkpoint(
     folder: Path, epoch: int, model: nn.Module, trainer: dict[str, Any], state: dict[str, Any]
 ) -> Path:
     """Write ``folder/epoch-N`` atomically (a temporary folder renamed into place)."""
-    from safetensors.torch import save_file
-
     final = folder / f"epoch-{epoch}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".epoch-{epoch}.", dir=folder))
-    try:
-        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+    with atomic_dir(final) as tmp:
+        save_safetensors(_trainable_state(model), tmp / "trainable.safetensors")
         torch.save(trainer, tmp / "trainer_state.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -1214,13 +1204,11 @@ def _train(
     if best_epoch != config.epochs:
         _load_weights(net, folder / f"epoch-{best_epoch}")
     net.eval()
-    staging = Path(tempfile.mkdtemp(prefix=".export.", dir=out))
-    try:
+    with temp_dir(out, "export") as staging:
         _export(net, tokenizer, staging)
+        apply_umask(staging)
         for item in staging.iterdir():
             os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     record = {
         "format": _FORMAT,
         "key": key,

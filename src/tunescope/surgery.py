@@ -25,8 +25,6 @@ import contextlib
 import copy
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -36,6 +34,7 @@ import torch
 import transformers
 from torch import nn
 
+from tunescope._io import atomic_dir
 from tunescope.errors import InputError, ModelLoadError, UnsupportedArchitectureError
 from tunescope.models.adapters import ArchitectureAdapter, SharedLayerAdapter, get_adapter
 from tunescope.models.loading import Encoder, from_model
@@ -738,30 +737,8 @@ def export(
             target,
             _span(removed_ffn_layers(hf)),
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:  # an existing folder is replaced whole, once the new one is written
         hf.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _swap_in(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` onto ``target``; an existing ``target`` is moved aside first and then deleted."""
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rmdir(old)
-    os.replace(target, old)
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
