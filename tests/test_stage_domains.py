@@ -94,7 +94,12 @@ def test_sets_cut_to_the_smallest_and_constant_layers_dropped(tmp_path, base_fol
 
 
 def test_a_task_without_default_domains_writes_nothing_with_a_note(tmp_path, base_folder, tuned_folder):
-    root = analyze(_config(tmp_path, base_folder, tuned_folder, task="sst2"), progress=False)
+    glue = tmp_path / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    rows = "".join(f"{'a good' if i % 2 else 'a bad'} film number {i}\t{i % 2}\n" for i in range(16))
+    (glue / "dev.tsv").write_text("sentence\tlabel\n" + rows)
+    config = _config(tmp_path, base_folder, tuned_folder, task="sst2", data_dir=str(glue.parent))
+    root = analyze(config, progress=False)
     assert not (root / "results" / "domains.csv").exists()
     assert "sst2 has no default; pass --ood-tasks" in " ".join(read_manifest(root)["notes"])
     assert read_manifest(root)["stages"]["domains"]["status"] == "done"

@@ -254,6 +254,9 @@ def extract(
     accepted = set(inspect.signature(base.forward).parameters)
     run_device = next(model.parameters()).device
     plan = list(_batches(shards, batch_size, cache))
+    cached = sum(1 for _, ids, _ in plan if ids is None)
+    if cache is not None and 0 < cached < len(shards):
+        logger.info("resuming extraction: %d of %d shards already in %s", cached, len(shards), cache.folder)
     batches = track(plan, total=len(plan), description="extracting", enabled=progress)
 
     results: dict[int, dict[str, torch.Tensor]] = {}

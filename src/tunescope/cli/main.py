@@ -1,10 +1,11 @@
 """Entry point: builds the typer app from the subcommand modules and turns every failure into one line.
 
 This is the error-translation boundary of the command line. A :class:`TunescopeError` (bad input, a
-damaged file named with its fix) prints ``error: ...`` and exits with 2; a usage error is click's own
-message and 2; an :class:`OSError` that no reader translated (disk full, permission denied) prints the
-file and the reason and exits with 2; Ctrl-C prints that completed work is kept and exits with 130. Only
-a genuine bug ends in a traceback.
+damaged file named with its fix) prints ``error: ...`` and exits with 2; a usage error is click's message
+in one line and 2; an :class:`OSError` that no reader translated (disk full, permission denied) prints
+the file and the reason and exits with 2, as does, as a last resort, an exception a library raises on a
+damaged file that no reader named; Ctrl-C prints that completed work is kept and exits with 130.
+``TUNESCOPE_TRACEBACK=1`` shows the traceback of the last two kinds. Only a bug ends in a traceback.
 """
 
 from __future__ import annotations
@@ -71,11 +72,35 @@ def main(argv: list[str] | None = None) -> int:
         print(INTERRUPTED, file=sys.stderr)
         return 130
     except OSError as err:  # an environment problem no reader turned into a TunescopeError
+        if os.environ.get("TUNESCOPE_TRACEBACK"):
+            raise
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{err.strerror or err}; check the path, its permissions and free space",
               file=sys.stderr)
         return 2
+    except _unreadable() as err:  # a damaged file that no reader named (each reader should): last resort
+        if os.environ.get("TUNESCOPE_TRACEBACK"):
+            raise
+        print(
+            f"error: a file could not be read ({type(err).__name__}: {_one_line(str(err))[:200]}); check "
+            "the files and folders you passed (TUNESCOPE_TRACEBACK=1 shows where it was read)",
+            file=sys.stderr,
+        )
+        return 2
     return 0
+
+
+def _unreadable() -> tuple[type[BaseException], ...]:
+    """What the libraries we use raise on a damaged file (each reader in tunescope translates its own)."""
+    import csv
+    import json
+    import pickle
+    import zlib
+
+    from safetensors import SafetensorError
+
+    return (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, csv.Error, pickle.UnpicklingError,
+            EOFError, zlib.error)
 
 
 def _usage_line(err: Exception) -> str:
