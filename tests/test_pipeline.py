@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -243,8 +246,17 @@ def test_bad_input(tmp_path, tiny_folder):
         build_report(tmp_path)
 
 
+GOLDEN = Path(__file__).with_name("golden") / "embedded-small"
+
+
 @pytest.mark.slow
-def test_default_analyze_on_embedded_model(tmp_path):
+def test_default_analyze_on_embedded_model(tmp_path, one_thread):
+    """Every stage on the embedded model; the tables equal the committed ones (tests/golden/).
+
+    The golden tables pin the results of a small fixed configuration, so that a restructuring can show it
+    changed no number. ``TUNESCOPE_WRITE_GOLDEN=1`` rewrites them (only when a change of results is meant).
+    Timings (``*seconds*`` columns) are left out; floats must agree to 1e-6 relative.
+    """
     config = AnalyzeConfig(
         out=tmp_path / "demo",
         limit=64,
@@ -258,3 +270,26 @@ def test_default_analyze_on_embedded_model(tmp_path):
     manifest = read_manifest(root)
     assert manifest["models"]["base"]["family"] == "bert"
     assert (root / "report.html").stat().st_size > 10_000
+    tables = sorted(p.name for p in (root / "results").glob("*.csv"))
+    if os.environ.get("TUNESCOPE_WRITE_GOLDEN"):
+        shutil.rmtree(GOLDEN, ignore_errors=True)
+        GOLDEN.mkdir(parents=True)
+        for name in tables:
+            shutil.copy(root / "results" / name, GOLDEN / name)
+    assert tables == sorted(p.name for p in GOLDEN.glob("*.csv"))
+    for name in tables:
+        got, want = read_csv(root / "results" / name), read_csv(GOLDEN / name)
+        assert len(got) == len(want) and (not got or list(got[0]) == list(want[0])), name
+        for row, expected in zip(got, want, strict=True):
+            for column, value in expected.items():
+                if "seconds" not in column:
+                    _assert_cell(row[column], value, f"{name}:{column}")
+
+
+def _assert_cell(got: str, want: str, where: str) -> None:
+    try:
+        a, b = float(got), float(want)
+    except ValueError:
+        assert got == want, where
+        return
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True), where
