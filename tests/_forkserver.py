@@ -37,7 +37,6 @@ for _module in (
     "tunescope.surgery",
     "tunescope.stages",
     "tunescope.report",
-    "tunescope.report.sections",
     "matplotlib.pyplot",
     "jinja2",
     "sklearn.linear_model",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -187,9 +188,7 @@ def test_rerun_skips_done_stages_and_report_rebuilds_from_tables(tmp_path, tiny_
         raise AssertionError("stage ran twice")
 
     for name, stage in list(STAGES.items()):
-        monkeypatch.setitem(
-            STAGES, name, type(stage)(name, stage.title, boom, stage.requires, stage.description)
-        )
+        monkeypatch.setitem(STAGES, name, dataclasses.replace(stage, run=boom))
     analyze(_config(tmp_path, tiny_folder), progress=False, report=False)
     after = json.loads((root / "manifest.json").read_text())["stages"]
     assert before == after
@@ -208,11 +207,16 @@ def test_constant_layer_is_left_out_with_a_note(tmp_path, tiny_folder):
 
 
 def test_changed_config_recomputes(tmp_path, tiny_folder):
-    analyze(_config(tmp_path, tiny_folder, stages=("layers",)), progress=False, report=False)
-    root = analyze(
-        _config(tmp_path, tiny_folder, pooling="cls", stages=("layers",)), progress=False, report=False
-    )
-    assert read_manifest(root)["config"]["pooling"] == "cls"
+    root = analyze(_config(tmp_path, tiny_folder, stages=("layers",)), progress=False, report=False)
+    mean = read_csv(root / "results" / "layer_stats.csv")
+    analyze(_config(tmp_path, tiny_folder, pooling="cls", stages=("layers",)), progress=False, report=False)
+    manifest = read_manifest(root)
+    assert manifest["config"]["pooling"] == "cls"
+    cls = read_csv(root / "results" / "layer_stats.csv")
+    assert cls != mean  # recomputed under the new pooling, not the first run's table
+    (retired,) = (root / "retired").iterdir()  # the first run's table, moved aside
+    assert read_csv(retired / "results" / "layer_stats.csv") == mean
+    assert any("pooling 'mean' -> 'cls'" in note for note in manifest["notes"])
 
 
 def test_failed_stage_leaves_no_partial_table(tmp_path, tiny_folder, monkeypatch):

@@ -10,9 +10,9 @@ from tunescope.errors import InputError, UnknownNameError
 from tunescope.extract import extract
 from tunescope.models import load_encoder
 from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
-from tunescope.report.sections.domains import layer_spans
 from tunescope.similarity import linear_cka, rsa
 from tunescope.stages.domains import COLUMNS, default_ood_tasks, ood_tasks
+from tunescope.stages.domains.section import layer_spans
 from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]

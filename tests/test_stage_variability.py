@@ -274,7 +274,7 @@ def _row(strategy, value, trained, params, seconds, classifier_layer=4):
 
 
 def test_selection_sentence_orders_by_the_numbers():
-    from tunescope.report.sections.selection import sentence
+    from tunescope.stages.selection.section import sentence
 
     rows = {
         "variability": _row("variability", 0.79, "3,4", 140, 45.0),

@@ -17,7 +17,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +42,7 @@ __all__ = [
     "Table",
     "STAGES",
     "register_stage",
+    "ordered",
     "analyze",
     "resolve_device",
     "read_manifest",
@@ -150,18 +151,30 @@ class Table:
 
 @dataclass(frozen=True)
 class Stage:
-    """One analysis: what it is called, what it needs, and the function that computes its tables."""
+    """One analysis: what it is called, what it needs, and the function that computes its tables.
+
+    A stage is a package (``tunescope/stages/<name>/``, or any package named in the ``tunescope.stages``
+    entry-point group) whose ``__init__`` defines ``STAGE = Stage(...)``; next to it, ``section.py``
+    (a ``build(sec)`` function) and ``section.html.j2`` make its part of the report. Discovery
+    (:func:`tunescope.stages.discover`) finds it; :func:`ordered` runs it after the stages it ``needs``
+    and those it prefers to come ``after``.
+    """
 
     name: str
     title: str
     run: Callable[[RunContext], Sequence[Table]]
-    requires: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
+    """Stages whose tables or models this one uses: it runs after them, and is skipped if they did not run."""
+    after: tuple[str, ...] = ()
+    """Stages this one comes after when they run too (the order of the report); no dependency."""
     description: str = ""
     check: Callable[[RunContext], None] | None = None
     """Validates the stage's options against the config, data and models before ``analyze`` writes
     anything (raises on bad input); the models and examples it asks the context for are loaded once."""
     min_examples: int | Callable[[AnalyzeConfig], int] = 2
     """The fewest analysis examples the stage can work with under a config (checked up front)."""
+    package: str | None = None
+    """The package that declares the stage (set by discovery): where its report section lives."""
 
     def fewest_examples(self, config: AnalyzeConfig) -> int:
         """:attr:`min_examples` under ``config``."""
@@ -169,12 +182,38 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {}
+"""Every known stage by name: filled by discovery (:mod:`tunescope.stages`) and :func:`register_stage`."""
 
 
 def register_stage(stage: Stage) -> Stage:
-    """Add a stage to the registry (stages run in registration order)."""
+    """Add (or replace) a stage in the registry; discovery adds the stages it finds the same way."""
     STAGES[stage.name] = stage
     return stage
+
+
+def ordered(names: Iterable[str] | None = None) -> list[str]:
+    """``names`` (default: every registered stage) in run order: each after what it ``needs`` and,
+    among those given, after what it prefers to come ``after``; ties keep discovery order.
+
+    Raises:
+        InputError: the stages' ``needs``/``after`` form a cycle.
+    """
+    chosen = list(STAGES if names is None else names)
+    rank = {name: i for i, name in enumerate(STAGES)}
+    chosen.sort(key=lambda name: rank.get(name, len(rank)))
+    present = set(chosen)
+    before = {
+        name: {d for d in (*STAGES[name].needs, *STAGES[name].after) if d in present and d != name}
+        for name in chosen
+    }
+    result: list[str] = []
+    while chosen:
+        ready = next((name for name in chosen if not before[name] - set(result)), None)
+        if ready is None:
+            raise InputError(f"the stages {', '.join(chosen)} wait for each other (needs/after form a cycle)")
+        result.append(ready)
+        chosen.remove(ready)
+    return result
 
 
 def resolve_device(device: str) -> torch.device:
@@ -408,13 +447,14 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
         progress: show progress bars on stderr.
         report: build ``report.html`` at the end.
     """
-    from tunescope import stages as _stages  # noqa: F401  (registers the builtin stages)
+    from tunescope.stages import discover
 
+    discover()
     config = config or AnalyzeConfig()
-    names = list(config.stages) if config.stages is not None else list(STAGES)
-    for name in names:
+    for name in config.stages or ():
         if name not in STAGES:
             raise UnknownNameError("stage", name, STAGES, hint="fix --stages")
+    names = ordered(config.stages)
     root = runfolder.check_run_folder(config.out)
     torch.manual_seed(config.seed)
     ctx = RunContext(config, progress=progress)
@@ -433,7 +473,7 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
         if record.get("status") == "done" and record.get("config") == digest:
             bad = runfolder.damaged_outputs(root, record)
             logger.warning("%s damaged or missing; recomputing stage %s", ", ".join(bad), name)
-        missing = [r for r in stage.requires if manifest["stages"].get(r, {}).get("status") != "done"]
+        missing = [r for r in stage.needs if manifest["stages"].get(r, {}).get("status") != "done"]
         if missing:
             manifest["stages"][name] = {"status": "skipped", "reason": f"needs {', '.join(missing)}"}
             continue

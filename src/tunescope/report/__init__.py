@@ -1,10 +1,10 @@
 """The HTML report: figures drawn from ``RUN/results`` and one self-contained ``report.html``.
 
-The report computes no results. Each section has a builder in :data:`SECTIONS` that reads the stage's
-tables, draws its figures (saved to ``RUN/figures``) and returns the values its template block
-(``templates/sections/<name>.html.j2``) shows.
+The report computes no results and imports no stage. Each stage package carries its own section: a
+``section.py`` whose ``build(sec)`` reads the stage's tables, draws its figures and returns the values
+its ``section.html.j2`` shows; :func:`build_report` finds them through the stage registry.
 """
 
-from tunescope.report.build import SECTIONS, build_report
+from tunescope.report.build import build_report
 
-__all__ = ["SECTIONS", "build_report"]
+__all__ = ["build_report"]

@@ -1,10 +1,9 @@
-"""What a report section builder gets, and the registry that maps stage names to builders."""
+"""What a stage's report section builder (``stages/<name>/section.py: build(sec)``) gets."""
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from matplotlib.figure import Figure
 
 from tunescope import runfolder
 
-__all__ = ["SECTIONS", "Section", "SectionBuilder", "section"]
+__all__ = ["Section"]
 
 
 class Section:
@@ -40,21 +39,3 @@ class Section:
         data = buffer.getvalue()
         self.figures[f"{name}.png"] = data
         return {"name": name, "src": "data:image/png;base64," + base64.b64encode(data).decode()}
-
-
-SectionBuilder = Callable[[Section], dict[str, Any] | None]
-SECTIONS: dict[str, SectionBuilder] = {}
-
-
-def section(name: str) -> Callable[[SectionBuilder], SectionBuilder]:
-    """Register the decorated function as the builder of stage ``name``'s report section.
-
-    The builder reads the stage's tables, draws figures with :meth:`Section.figure`, and returns the
-    values ``templates/sections/<name>.html.j2`` shows, or None when the stage left nothing to show.
-    """
-
-    def register(builder: SectionBuilder) -> SectionBuilder:
-        SECTIONS[name] = builder
-        return builder
-
-    return register

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
 from tunescope import runfolder
 from tunescope._io import write_bytes, write_text
-from tunescope.pipeline import STAGES
-from tunescope.report._section import SECTIONS, Section
+from tunescope.pipeline import STAGES, Stage, ordered
+from tunescope.report._section import Section
 
-__all__ = ["SECTIONS", "build_report"]
+__all__ = ["build_report"]
 
 
 def build_report(run_dir: str | Path) -> Path:
@@ -26,37 +28,41 @@ def build_report(run_dir: str | Path) -> Path:
         InputError: ``run_dir`` cannot be written.
     """
     import jinja2
+    import markupsafe
 
-    from tunescope import stages as _stages  # noqa: F401  (stage titles)
-    from tunescope.report import sections as _sections  # noqa: F401  (section builders)
+    from tunescope.stages import discover
 
+    discover()
     root = Path(run_dir)
     manifest = runfolder.read_manifest(root)
     runfolder.check_output_dir(root, "run folder")
     sec = Section(root, manifest)
     vouched = runfolder.vouched_tables(manifest)
-    sections = []
-    for name, stage in STAGES.items():
-        status = manifest.get("stages", {}).get(name, {})
-        builder = SECTIONS.get(name)
-        content = builder(sec) if builder is not None else None
-        if content is None:
-            content = _empty(status, vouched)
-        if content is not None:
-            sections.append(
-                {
-                    "name": name,
-                    "title": stage.title,
-                    "description": stage.description,
-                    "seconds": status.get("seconds"),
-                    **content,
-                }
-            )
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("tunescope.report", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
+    sections = []
+    for name in ordered():
+        stage = STAGES[name]
+        status = manifest.get("stages", {}).get(name, {})
+        build, template = _section_of(stage)
+        content = build(sec) if build is not None else None
+        if content is None:
+            content = _empty(status, vouched)
+        if content is None:
+            continue
+        section = {
+            "name": name,
+            "title": stage.title,
+            "description": stage.description,
+            "seconds": status.get("seconds"),
+            **content,
+        }
+        if "empty" not in content and template is not None:
+            section["html"] = markupsafe.Markup(env.from_string(template).render(section=section))
+        sections.append(section)
     html = env.get_template("report.html.j2").render(manifest=manifest, sections=sections)
     figures = root / "figures"
     for name, data in sec.figures.items():
@@ -69,6 +75,21 @@ def build_report(run_dir: str | Path) -> Path:
     path = root / "report.html"
     write_text(path, html)
     return path
+
+
+def _section_of(stage: Stage) -> tuple[Any, str | None]:
+    """The stage's section builder (``<package>.section.build``) and template (``section.html.j2``)."""
+    if stage.package is None:
+        return None, None
+    try:
+        module = importlib.import_module(f"{stage.package}.section")
+    except ModuleNotFoundError as err:
+        if err.name != f"{stage.package}.section":
+            raise
+        return None, None
+    template = importlib.resources.files(stage.package) / "section.html.j2"
+    text = template.read_text(encoding="utf-8") if template.is_file() else None
+    return getattr(module, "build", None), text
 
 
 def _empty(status: dict[str, Any], vouched: dict[str, dict[str, Any]]) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ import numpy as np
 from torch import Tensor
 
 from tunescope.errors import DataError, MeasureError
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table
 from tunescope.variability import LayerSelection, layer_variability, select_layers
 
 COLUMNS = ("model", "layer", "variability", "selected")
@@ -135,15 +135,14 @@ def check(ctx: RunContext) -> None:
         )
 
 
-register_stage(
-    Stage(
-        check=check,
-        name="variability",
-        title="Hidden-state variability",
-        run=run,
-        description=(
-            "Within- over between-class variability of each layer's pooled states, Tr(Σ_W Σ_B⁺)/C, "
-            "classes weighted equally (Xie et al. 2022); lower = classes better separated."
-        ),
-    )
+STAGE = Stage(
+    check=check,
+    name="variability",
+    title="Hidden-state variability",
+    run=run,
+    description=(
+        "Within- over between-class variability of each layer's pooled states, Tr(Σ_W Σ_B⁺)/C, "
+        "classes weighted equally (Xie et al. 2022); lower = classes better separated."
+    ),
+    after=("probes",),
 )

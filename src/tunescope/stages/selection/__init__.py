@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tunescope.pipeline import RunContext, Stage, Table, load_table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table, load_table
 
 if TYPE_CHECKING:
     from tunescope.finetune import FinetuneResult
@@ -105,15 +105,13 @@ def run(ctx: RunContext) -> list[Table]:
     return [Table("selection", COLUMNS, rows)]
 
 
-register_stage(
-    Stage(
-        name="selection",
-        title="Tuning the layers variability selects",
-        run=run,
-        requires=("variability",),
-        description=(
-            "Classifier on the lowest-variability layer with only the layers below it tuned, against "
-            "tuning the top layers with the same budget and full fine-tuning (Xie et al. 2022)."
-        ),
-    )
+STAGE = Stage(
+    name="selection",
+    title="Tuning the layers variability selects",
+    run=run,
+    needs=("variability",),
+    description=(
+        "Classifier on the lowest-variability layer with only the layers below it tuned, against "
+        "tuning the top layers with the same budget and full fine-tuning (Xie et al. 2022)."
+    ),
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tunescope.layerstats import STATISTICS, layer_statistics
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table
 
 COLUMNS = ("model", "layer", "split", "statistic", "value")
 
@@ -28,11 +28,10 @@ def run(ctx: RunContext) -> list[Table]:
     return [Table("layer_stats", COLUMNS, rows)]
 
 
-register_stage(
-    Stage(
-        name="layers",
-        title="Layers at a glance",
-        run=run,
-        description="Size, anisotropy and dimensionality of each layer's representations.",
-    )
+STAGE = Stage(
+    name="layers",
+    title="Layers at a glance",
+    run=run,
+    description="Size, anisotropy and dimensionality of each layer's representations.",
+    after=("finetune",),
 )

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tunescope.errors import InputError
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table
 
 if TYPE_CHECKING:
     from tunescope.data import Examples
@@ -287,15 +287,14 @@ def check(ctx: RunContext) -> None:
         )
 
 
-register_stage(
-    Stage(
-        check=check,
-        name="ffn",
-        title="Fine-tuning without some FFN sublayers",
-        run=run,
-        description=(
-            "The FFN sublayer removed from the layers where it changes the representation least, then "
-            "fine-tuned like the full model (Sridhar & Sarah 2020)."
-        ),
-    )
+STAGE = Stage(
+    check=check,
+    name="ffn",
+    title="Fine-tuning without some FFN sublayers",
+    run=run,
+    description=(
+        "The FFN sublayer removed from the layers where it changes the representation least, then "
+        "fine-tuned like the full model (Sridhar & Sarah 2020)."
+    ),
+    after=("ablation",),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 
 #: probe task -> what it decodes, for sentences and figure titles
@@ -82,8 +82,7 @@ def _sentence(task: str, what: str, models: dict[str, dict[str, Curve]]) -> str:
     return sentence + "; no layer decodes it less well than before."
 
 
-@section("probes")
-def _probes(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     rows = sec.table("probes")
     if not rows:
         return None

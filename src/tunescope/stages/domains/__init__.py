@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tunescope.errors import InputError
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table
 
 if TYPE_CHECKING:
     from tunescope.data import Examples, Task
@@ -181,17 +181,16 @@ def check(ctx: RunContext) -> None:
     ood_tasks(ctx.config.task, ctx.config.ood_tasks)
 
 
-register_stage(
-    Stage(
-        check=check,
-        min_examples=lambda config: 3 if config.rsa is not None else 2,  # RSA: 2 dissimilarities at least
-        name="domains",
-        title="In-domain vs out-of-domain change",
-        run=run,
-        description=(
-            "How similar each layer of the fine-tuned model stays to the same layer of the pre-trained "
-            "model (linear CKA, RSA), on the task's own inputs and on inputs from other domains; Merchant "
-            "et al. (2020) found fine-tuning changes in-domain inputs more."
-        ),
-    )
+STAGE = Stage(
+    check=check,
+    min_examples=lambda config: 3 if config.rsa is not None else 2,  # RSA: 2 dissimilarities at least
+    name="domains",
+    title="In-domain vs out-of-domain change",
+    run=run,
+    description=(
+        "How similar each layer of the fine-tuned model stays to the same layer of the pre-trained "
+        "model (linear CKA, RSA), on the task's own inputs and on inputs from other domains; Merchant "
+        "et al. (2020) found fine-tuning changes in-domain inputs more."
+    ),
+    after=("selection",),
 )

@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 
 #: a curve spanning more than this factor between its smallest and largest value is drawn on a log axis
 LOG_RANGE = 100.0
 
 
-@section("variability")
-def _variability(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     rows = sec.table("variability")
     if not rows:
         return None

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves, plot_similarity_matrix
 
 _MEASURE_LABELS = {"linear_cka": "linear CKA", "rbf_cka": "RBF CKA", "rsa": "RSA"}
@@ -45,8 +45,7 @@ def _same_layer(
     return shared, [float(matrix[layers_a.index(x), layers_b.index(x)]) for x in shared]
 
 
-@section("similarity")
-def _similarity(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     cka, rsa = sec.table("cka"), sec.table("rsa")
     if not cka and not rsa:
         return None

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table
 
 if TYPE_CHECKING:
     import torch
@@ -146,11 +146,10 @@ def run(ctx: RunContext) -> list[Table]:
     return [Table("truncation", COLUMNS, rows)]
 
 
-register_stage(
-    Stage(
-        name="truncation",
-        title="Dropping top layers without retraining",
-        run=run,
-        description="The fine-tuned model cut after layer k, evaluated as is (Phang et al. 2021).",
-    )
+STAGE = Stage(
+    name="truncation",
+    title="Dropping top layers without retraining",
+    run=run,
+    description="The fine-tuned model cut after layer k, evaluated as is (Phang et al. 2021).",
+    after=("similarity",),
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunescope.errors import UnknownNameError
-from tunescope.pipeline import AnalyzeConfig, RunContext, Stage, Table, register_stage
+from tunescope.pipeline import AnalyzeConfig, RunContext, Stage, Table
 
 CKA_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "measure", "split", "value")
 RSA_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "rdm", "compare", "split", "value")
@@ -106,16 +106,15 @@ def min_examples(config: AnalyzeConfig) -> int:
     return max(need)
 
 
-register_stage(
-    Stage(
-        min_examples=min_examples,
-        name="similarity",
-        title="Layer similarity (CKA and RSA)",
-        run=run,
-        description=(
-            "Similarity between every pair of layers, inside each model and between the two models: linear "
-            "CKA (Kornblith et al. 2019) and RSA (Kriegeskorte et al. 2008), with contiguous blocks of "
-            "similar layers."
-        ),
-    )
+STAGE = Stage(
+    min_examples=min_examples,
+    name="similarity",
+    title="Layer similarity (CKA and RSA)",
+    run=run,
+    description=(
+        "Similarity between every pair of layers, inside each model and between the two models: linear "
+        "CKA (Kornblith et al. 2019) and RSA (Kriegeskorte et al. 2008), with contiguous blocks of "
+        "similar layers."
+    ),
+    after=("layers",),
 )

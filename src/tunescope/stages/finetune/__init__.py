@@ -9,7 +9,7 @@ Writes ``finetune.csv``: one row per epoch with the training loss, the validatio
 from __future__ import annotations
 
 from tunescope.errors import DataError
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table
 
 COLUMNS = (
     "model",
@@ -65,15 +65,13 @@ def check(ctx: RunContext) -> None:
         )
 
 
-register_stage(
-    Stage(
-        check=check,
-        name="finetune",
-        title="Fine-tuning",
-        run=run,
-        description=(
-            "The pre-trained model fine-tuned on the task (all parameters, AdamW with linear warm-up and "
-            "decay); the epoch with the best validation metric is kept."
-        ),
-    )
+STAGE = Stage(
+    check=check,
+    name="finetune",
+    title="Fine-tuning",
+    run=run,
+    description=(
+        "The pre-trained model fine-tuned on the task (all parameters, AdamW with linear warm-up and "
+        "decay); the epoch with the best validation metric is kept."
+    ),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 
 
@@ -52,8 +52,7 @@ def _sentence(cka: dict[int, float], rows: list[dict[str, str]], asked: bool) ->
     )
 
 
-@section("ffn")
-def _ffn(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     cka_rows = sec.table("ffn_cka")
     if not cka_rows:
         return None

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from tunescope.errors import DataError, InputError, MissingExtraError, UnknownNameError
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table
 
 if TYPE_CHECKING:
     from tunescope.data.tokens import TokenExamples
@@ -323,18 +323,17 @@ def check(ctx: RunContext) -> None:
     resolve_probe_tasks(ctx.config.probe_tasks, ctx.config.conllu)
 
 
-register_stage(
-    Stage(
-        check=check,
-        min_examples=3,  # a train, a validation and a test sentence
-        name="probes",
-        title="Probing classifiers: linguistic information kept",
-        run=run,
-        description=(
-            "A linear probe per layer predicts each word's part of speech or dependency label (silver "
-            "spaCy labels, or gold ones from a CoNLL-U file), against a control task that gives each word "
-            "type a random label (Hewitt & Liang 2019); selectivity = accuracy - control accuracy. "
-            "Merchant et al. (2020) found fine-tuning keeps this information."
-        ),
-    )
+STAGE = Stage(
+    check=check,
+    min_examples=3,  # a train, a validation and a test sentence
+    name="probes",
+    title="Probing classifiers: linguistic information kept",
+    run=run,
+    description=(
+        "A linear probe per layer predicts each word's part of speech or dependency label (silver "
+        "spaCy labels, or gold ones from a CoNLL-U file), against a control task that gives each word "
+        "type a random label (Hewitt & Liang 2019); selectivity = accuracy - control accuracy. "
+        "Merchant et al. (2020) found fine-tuning keeps this information."
+    ),
+    after=("ffn",),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 
 #: metric differences smaller than this read as "level with"
 TIE = 5e-4
@@ -56,8 +56,7 @@ def sentence(rows: dict[str, dict[str, str]]) -> str:
     return text + f". Best {metric}: {' and '.join(leaders)} ({best:.3f})."
 
 
-@section("selection")
-def _selection(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     rows = sec.table("selection")
     if not rows:
         return None

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 
 
-@section("finetune")
-def _finetune(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     rows = sec.table("finetune")
     if not rows:
         return None

@@ -21,7 +21,7 @@ value, delta`` (``layers`` is ``"3"`` or ``"4-6"``, empty for ``none``; ``delta 
 
 from __future__ import annotations
 
-from tunescope.pipeline import RunContext, Stage, Table, register_stage
+from tunescope.pipeline import RunContext, Stage, Table
 
 __all__ = ["COLUMNS", "ablations", "layer_span"]
 
@@ -115,14 +115,13 @@ def run(ctx: RunContext) -> list[Table]:
     return [Table("ablation", COLUMNS, rows)]
 
 
-register_stage(
-    Stage(
-        name="ablation",
-        title="Which layers' fine-tuning matters",
-        run=run,
-        description=(
-            "The fine-tuned model with one layer (or the top layers) put back to its pre-trained weights, "
-            "or re-initialised, evaluated without retraining (Merchant et al. 2020)."
-        ),
-    )
+STAGE = Stage(
+    name="ablation",
+    title="Which layers' fine-tuning matters",
+    run=run,
+    description=(
+        "The fine-tuned model with one layer (or the top layers) put back to its pre-trained weights, "
+        "or re-initialised, evaluated without retraining (Merchant et al. 2020)."
+    ),
+    after=("truncation",),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 
 _ORDER = {"none": 0, "restore": 1, "reinit": 2, "restore_top": 3}
@@ -80,8 +80,7 @@ def _sentence(rows: list[dict[str, Any]], metric: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-@section("ablation")
-def _ablation(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     rows: list[dict[str, Any]] = list(sec.table("ablation"))
     if not rows:
         return None

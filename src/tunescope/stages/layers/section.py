@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 
 _STAT_LABELS = {
@@ -19,8 +19,7 @@ _STAT_LABELS = {
 }
 
 
-@section("layers")
-def _layers(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     rows = sec.table("layer_stats")
     if not rows:
         return None

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 from tunescope.stages.truncation import recommend
 
 
-@section("truncation")
-def _truncation(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     rows = sec.table("truncation")
     if not rows:
         return None

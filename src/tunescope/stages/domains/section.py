@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tunescope.report._section import Section, section
+from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 
 Curve = tuple[list[int], list[float]]
@@ -64,8 +64,7 @@ def _sentence(label: str, layers: list[int], own: list[float], mean: list[float]
     )
 
 
-@section("domains")
-def _domains(sec: Section) -> dict[str, Any] | None:
+def build(sec: Section) -> dict[str, Any] | None:
     rows = sec.table("domains")
     if not rows:
         return None
