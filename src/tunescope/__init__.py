@@ -1,23 +1,70 @@
 """tunescope: see what fine-tuning did inside a transformer encoder, layer by layer and head by head.
 
-The public API, re-exported here; implementations live in the modules named in DESIGN.md.
+The public API, re-exported here and imported on first use; implementations live in the modules named
+in DESIGN.md. ``tunescope.finetune`` is the fine-tuning module (``tunescope.finetune.finetune(...)``).
 """
 
 from __future__ import annotations
 
 import logging
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from tunescope.data import TASKS, Examples, Task, get_task, load_file
-from tunescope.errors import TunescopeError
-from tunescope.extract import POOLINGS, Representations, extract
-from tunescope.finetune import FinetuneConfig, FinetuneResult
-from tunescope.finetune import finetune as finetune
-from tunescope.layerstats import layer_statistics
-from tunescope.metrics import compute_metric, evaluate
-from tunescope.models import Encoder, HeadGates, get_adapter, load_classifier, load_encoder, mask_heads
-from tunescope.pipeline import AnalyzeConfig, analyze
-from tunescope.report import build_report
+# name -> module: imported on first use, so that `import tunescope` (and `tunescope --help`) does not
+# load torch and transformers until something needs them
+_LAZY = {
+    "TASKS": "tunescope.data",
+    "Examples": "tunescope.data",
+    "Task": "tunescope.data",
+    "get_task": "tunescope.data",
+    "load_file": "tunescope.data",
+    "POOLINGS": "tunescope.extract",
+    "Representations": "tunescope.extract",
+    "extract": "tunescope.extract",
+    "FinetuneConfig": "tunescope.finetune",
+    "FinetuneResult": "tunescope.finetune",
+    "layer_statistics": "tunescope.layerstats",
+    "compute_metric": "tunescope.metrics",
+    "evaluate": "tunescope.metrics",
+    "Encoder": "tunescope.models",
+    "HeadGates": "tunescope.models",
+    "get_adapter": "tunescope.models",
+    "load_classifier": "tunescope.models",
+    "load_encoder": "tunescope.models",
+    "mask_heads": "tunescope.models",
+    "AnalyzeConfig": "tunescope.pipeline",
+    "analyze": "tunescope.pipeline",
+    "build_report": "tunescope.report",
+}
+
+if TYPE_CHECKING:
+    from tunescope.data import TASKS, Examples, Task, get_task, load_file
+    from tunescope.extract import POOLINGS, Representations, extract
+    from tunescope.finetune import FinetuneConfig, FinetuneResult
+    from tunescope.layerstats import layer_statistics
+    from tunescope.metrics import compute_metric, evaluate
+    from tunescope.models import Encoder, HeadGates, get_adapter, load_classifier, load_encoder, mask_heads
+    from tunescope.pipeline import AnalyzeConfig, analyze
+    from tunescope.report import build_report
+
+from tunescope.errors import TunescopeError  # noqa: E402  (light; the lazy table comes first)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public name ``name`` from its module on first use (PEP 562)."""
+    import importlib
+
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tunescope' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 try:
     __version__ = version("tunescope")
@@ -47,8 +94,7 @@ __all__ = [
     "Representations",
     "POOLINGS",
     "layer_statistics",
-    # fine-tuning and evaluation
-    "finetune",
+    # fine-tuning (the module tunescope.finetune: its function finetune.finetune) and evaluation
     "FinetuneConfig",
     "FinetuneResult",
     "evaluate",

@@ -138,11 +138,18 @@ def _setup_logging() -> None:
 
 
 def _quiet_transformers() -> None:
-    """Keep stderr to tunescope's own progress bars (the CLI may set this; the library never does)."""
-    import transformers
+    """Keep stderr to tunescope's own progress bars (the CLI may set this; the library never does).
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    Through the environment, which transformers and huggingface_hub read when first imported, so that a
+    command that never loads a model (``--help``, ``tasks``) does not pay for importing them.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (a test, or a caller of main())
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":
