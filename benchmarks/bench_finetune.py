@@ -19,7 +19,7 @@ Two more tables (skip them with ``--no-surgery``):
 
 * **FFN removed vs full** (the ``ffn`` stage of ``analyze``; Sridhar & Sarah 2020): the FFN sublayer of
   ``L // 3`` layers is removed (``--ffn-layers``, default: the layers with the highest CKA between FFN
-  input and layer output on the validation texts, :func:`tunescope.stages.ffn.ffn_cka`), then the model
+  input and layer output on the validation texts, :func:`tunescope.ffn.ffn_cka`), then the model
   is fine-tuned exactly like ``full`` (same seeded head, data, recipe, one epoch); the table gives the
   training seconds and their ratio to ``full``'s, the parameters and the accuracy. ``full`` is trained
   first, so any one-off warm-up (CUDA kernels, allocator) is charged to it.
@@ -42,10 +42,10 @@ import torch
 
 from benchmarks._common import markdown_table, save, timed
 from tunescope.data import Examples, Task, get_task
+from tunescope.ffn import choose_ffn_layers, default_count, ffn_cka
 from tunescope.finetune import FinetuneConfig, FinetuneResult, finetune
 from tunescope.metrics import evaluate
 from tunescope.models import Encoder, load_classifier, load_encoder
-from tunescope.stages.ffn import choose_ffn_layers, default_count, ffn_cka
 from tunescope.surgery import count_parameters, remove_ffn, truncate
 
 MODES: dict[str, dict[str, object]] = {

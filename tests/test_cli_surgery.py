@@ -17,9 +17,9 @@ from tunescope.data import get_task
 from tunescope.data.conllu import load_conllu
 from tunescope.metrics import evaluate
 from tunescope.models import from_model, load_classifier
-from tunescope.stages.truncation import recommend
 from tunescope.surgery import count_parameters, remove_ffn, truncate
 from tunescope.testing.tiny import save_model, tiny_model
+from tunescope.truncation import recommend
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import pathlib
 import time
 
@@ -10,6 +11,8 @@ import torch
 import transformers
 from torch import nn
 
+import tunescope.models
+from tunescope import surgery
 from tunescope.errors import (
     InputError,
     ModelLoadError,
@@ -400,3 +403,17 @@ def test_adapter_sees_through_a_peft_wrapper(texts: list[str]) -> None:
     reference = wrapped(**batch).logits
     with HeadGates(wrapped, torch.zeros(2, 4)):
         assert not torch.allclose(wrapped(**batch).logits, reference)
+
+
+def test_models_owns_the_saved_surgery_format_and_never_imports_the_surgery_lens() -> None:
+    for file in sorted(pathlib.Path(tunescope.models.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            assert not [n for n in names if n.startswith("tunescope.surgery")], f"{file.name}:{node.lineno}"
+    for name in ("REMOVED_FFN_KEY", "apply_saved_surgery", "removed_ffn_layers", "load_trained_classifier"):
+        assert getattr(surgery, name) is getattr(tunescope.models, name)  # re-exported where it was

@@ -11,12 +11,13 @@ import pytest
 from tunescope._io import read_csv
 from tunescope.cli.main import main
 from tunescope.data.conllu import load_conllu
+from tunescope.data.tokens import split_sentences
 from tunescope.errors import DataError, InputError, UnknownNameError
 from tunescope.extract import extract
 from tunescope.models import load_encoder
 from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
 from tunescope.probing import probe_layers
-from tunescope.stages.probes import COLUMNS, resolve_probe_tasks, split_sentences
+from tunescope.stages.probes import COLUMNS, resolve_probe_tasks
 from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
@@ -139,20 +140,6 @@ def test_gold_probes_equal_probe_layers_on_the_same_representations(tmp_path, ba
     assert "Probing classifiers" in html and "gold UPOS" in html
     assert (root / "figures" / "probes_upos.png").exists()
     assert (root / "figures" / "probes_deprel.png").exists()
-
-
-def test_split_sentences_keeps_sentences_whole_and_caps_words():
-    lengths = [5] * 100
-    train, test = split_sentences(lengths, seed=3)
-    assert not set(train) & set(test) and len(train) + len(test) == 100 and len(test) == 20
-    again = split_sentences(lengths, seed=3)
-    assert all(np.array_equal(a, b) for a, b in zip((train, test), again, strict=True))
-    train, test = split_sentences(lengths, seed=3, max_train_words=52, max_test_words=11)
-    assert (len(train), len(test)) == (10, 2)
-    train, test = split_sentences([0, 3, 0, 4], seed=0)  # sentences without words are left out
-    assert sorted([*train, *test]) == [1, 3]
-    with pytest.raises(DataError, match="at least two sentences"):
-        split_sentences([0, 3])
 
 
 def test_control_accuracy_near_chance_with_random_labels(tmp_path, base_folder):

@@ -1,4 +1,4 @@
-"""Token-label readers: CoNLL-U treebanks (conllu extra) and spaCy silver tags (spacy extra)."""
+"""Token-label readers: CoNLL-U treebanks (conllu extra), spaCy silver tags (spacy extra); sentence splits."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tunescope.data.conllu import UPOS_TAGS, load_conllu
-from tunescope.data.tokens import TokenExamples
+from tunescope.data.tokens import TokenExamples, hold_out, split_sentences
 from tunescope.errors import DataError, MissingExtraError, UnknownNameError
 
 needs_conllu = pytest.mark.skipif(importlib.util.find_spec("conllu") is None, reason="needs the conllu extra")
@@ -160,3 +161,29 @@ def test_silver_tags_from_spacy() -> None:
     assert len(tags.tag_names) >= 45  # the tagger's whole label scheme, same ids in every call
     with pytest.raises(MissingExtraError, match="no_such_model"):
         silver_tags(["x"], model="no_such_model")
+
+
+def test_split_sentences_keeps_sentences_whole_and_caps_words():
+    lengths = [5] * 100
+    train, test = split_sentences(lengths, seed=3)
+    assert not set(train) & set(test) and len(train) + len(test) == 100 and len(test) == 20
+    again = split_sentences(lengths, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((train, test), again, strict=True))
+    train, test = split_sentences(lengths, seed=3, max_train_words=52, max_test_words=11)
+    assert (len(train), len(test)) == (10, 2)
+    train, test = split_sentences([0, 3, 0, 4], seed=0)  # sentences without words are left out
+    assert sorted([*train, *test]) == [1, 3]
+    with pytest.raises(DataError, match="at least two sentences"):
+        split_sentences([0, 3])
+
+
+def test_hold_out_takes_a_tenth_of_the_sentences_by_seed():
+    ex = TokenExamples([[f"w{i}"] for i in range(35)], [[0]] * 35, ("X",), "upos", "train")
+    train, validation = hold_out(ex, seed=4)
+    assert (len(train), len(validation)) == (32, 3)
+    assert (train.split, validation.split) == ("train", "validation")
+    order = np.random.default_rng(4).permutation(35)  # the shuffle split_sentences uses
+    assert validation.words == [[f"w{i}"] for i in sorted(order[:3])]
+    assert sorted(train.words + validation.words) == sorted(ex.words)
+    with pytest.raises(DataError, match=r"^--data x.csv has 3 sentence\(s\); .* \(pass more texts\)$"):
+        hold_out(ex.head(3), what="--data x.csv", fix="more texts")

@@ -339,7 +339,7 @@ class RunContext:
     def classifier(self) -> Encoder:
         """The fine-tuned model with its task head (for evaluation), loaded once, on the run's device."""
         if self._classifier is None:
-            from tunescope.surgery import load_trained_classifier
+            from tunescope.models import load_trained_classifier
 
             self._classifier = load_trained_classifier(
                 self.tuned_source(), device=self.device, purpose=f"evaluating on {self.config.task}"

@@ -17,6 +17,8 @@ layers that splits a shared module (pass every position, e.g. ``range(1, L + 1)`
 A removed FFN cannot be expressed in a plain transformers config, so :func:`remove_ffn` records the
 removed layers under the config key :data:`REMOVED_FFN_KEY`; :func:`apply_saved_surgery` re-applies
 the removal after ``from_pretrained`` (``tunescope.models.load_encoder``/``load_classifier`` call it).
+That record format, and the checks on a model's classifier head, live in :mod:`tunescope.models`
+(``saved_surgery``, ``loading``) so that loading never needs this module; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,9 +37,26 @@ import transformers
 from torch import nn
 
 from tunescope._io import atomic_dir
-from tunescope.errors import InputError, ModelLoadError, UnsupportedArchitectureError
+from tunescope.errors import InputError, UnsupportedArchitectureError
 from tunescope.models.adapters import ArchitectureAdapter, SharedLayerAdapter, get_adapter
-from tunescope.models.loading import Encoder, from_model
+from tunescope.models.loading import (
+    Encoder,
+    _split,
+    from_model,
+    load_trained_classifier,
+    require_classifier,
+)
+from tunescope.models.saved_surgery import (
+    REMOVED_FFN_KEY,
+    ModelT,
+    _check_shared,
+    _layer_list,
+    _remove_ffn_in_place,
+    _set_config,
+    _span,
+    apply_saved_surgery,
+    removed_ffn_layers,
+)
 
 __all__ = [
     "REMOVED_FFN_KEY",
@@ -58,123 +77,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REMOVED_FFN_KEY = "tunescope_removed_ffn"
-"""Config key listing the layers (1-based, sorted) whose FFN sublayer :func:`remove_ffn` removed."""
-
-ModelT = TypeVar("ModelT", Encoder, transformers.PreTrainedModel)
-
-
-# ------------------------------------------------------------------------------------------------
-# the modules that stand in for a removed FFN
-# ------------------------------------------------------------------------------------------------
-class _RemovedFFNPart(nn.Module):
-    """Marker base class: a parameter-free stand-in for one part of a removed FFN sublayer."""
-
-    def extra_repr(self) -> str:
-        return "FFN removed by tunescope.surgery.remove_ffn"
-
-
-class _SkippedUp(_RemovedFFNPart):
-    """Stands in for the up projection: returns a zero-width tensor, so no FFN work is done."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states[..., :0]
-
-
-class _ZeroDown(_RemovedFFNPart):
-    """Stands in for the down projection: returns zeros of width ``d_model`` (the residual adds nothing)."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.width = width
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states.new_zeros(*hidden_states.shape[:-1], self.width)
-
-    def extra_repr(self) -> str:
-        return f"width={self.width}, {super().extra_repr()}"
-
-
-class _SkippedNorm(_RemovedFFNPart):
-    """Stands in for the LayerNorm closing the FFN block: returns its input (``0 + attention output``)."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states
-
 
 # ------------------------------------------------------------------------------------------------
 # small helpers
 # ------------------------------------------------------------------------------------------------
-def _split(model: Encoder | transformers.PreTrainedModel) -> transformers.PreTrainedModel:
-    """The transformers model of an Encoder or a bare model."""
-    hf = model.model if isinstance(model, Encoder) else model
-    if not isinstance(hf, nn.Module) or getattr(hf, "config", None) is None:
-        raise InputError(
-            f"expected a tunescope Encoder or a transformers PreTrainedModel, got {type(model).__name__}"
-        )
-    return hf
-
-
 def _like(original: ModelT, new: transformers.PreTrainedModel, what: str) -> ModelT:
     """Wrap ``new`` like ``original``: an Encoder (same tokenizer, name noting ``what``) or a bare model."""
     if isinstance(original, Encoder):
         return cast(ModelT, from_model(new, original.tokenizer, name=f"{original.name}@{what}"))
     return cast(ModelT, new)
-
-
-def _span(layers: Sequence[int]) -> str:
-    """``[1, 2, 3]`` -> ``"1..3"``, ``[2, 5]`` -> ``"2,5"``."""
-    if len(layers) > 2 and list(layers) == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}..{layers[-1]}"
-    return ",".join(str(x) for x in layers)
-
-
-def _layer_list(layers: int | Iterable[int], n_layers: int, what: str) -> list[int]:
-    """Validate 1-based layer numbers; return them sorted without repeats."""
-    items = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
-    if not items:
-        raise InputError(f"{what}: no layers given; pass layer numbers in 1..{n_layers}")
-    chosen: set[int] = set()
-    for layer in items:
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-            raise InputError(
-                f"{what}: layer {layer!r} is not an integer; pass layer numbers in 1..{n_layers}"
-            )
-        if not 1 <= int(layer) <= n_layers:
-            raise InputError(
-                f"{what}: layer {layer} is out of range; transformer layers are 1..{n_layers} "
-                "(0 is the embedding output, which has no attention or FFN)"
-            )
-        chosen.add(int(layer))
-    return sorted(chosen)
-
-
-def _check_shared(adapter: ArchitectureAdapter, model: nn.Module, chosen: list[int], what: str) -> None:
-    """Refuse a layer set that contains some, but not all, positions of a shared (ALBERT) layer module."""
-    if not adapter.shared_layers():
-        return
-    positions: dict[int, list[int]] = {}
-    for position, module in enumerate(adapter.layers(model), start=1):
-        positions.setdefault(id(module), []).append(position)
-    n_layers = sum(len(p) for p in positions.values())
-    for layer in chosen:
-        sharing = next(p for p in positions.values() if layer in p)
-        if not set(sharing) <= set(chosen):
-            every = f", e.g. layers=range(1, {n_layers + 1})" if len(sharing) == n_layers else ""
-            raise InputError(
-                f"{what}: {adapter.family} layers {_span(sharing)} are one shared module, so layer {layer} "
-                f"cannot be changed alone; pass all of {_span(sharing)}{every}"
-            )
-
-
-def _set_config(model: nn.Module, key: str, value: Any) -> None:
-    """Set ``key`` on every distinct HF config object held by the model or its submodules."""
-    seen: set[int] = set()
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if isinstance(config, transformers.PretrainedConfig) and id(config) not in seen:
-            seen.add(id(config))
-            setattr(config, key, value)
 
 
 def _describe(adapter: ArchitectureAdapter, model: nn.Module) -> str:
@@ -215,71 +126,6 @@ def trainable_parameters(model: Encoder | nn.Module) -> int:
     """
     module = model.model if isinstance(model, Encoder) else model
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
-def require_classifier(
-    model: Encoder | transformers.PreTrainedModel, purpose: str = "this step"
-) -> nn.ModuleDict:
-    """The model's classifier head, or a one-line error when it has none.
-
-    Args:
-        model: An Encoder or a transformers model.
-        purpose: What needs the head (named in the error), e.g. ``"a truncation sweep"``.
-
-    Returns:
-        The head parts in data-flow order (see
-        :meth:`~tunescope.models.adapters.ArchitectureAdapter.classifier_head`).
-
-    Raises:
-        InputError: The model is a base model (``AutoModel``) without a classifier head.
-
-    Example:
-        >>> from tunescope.testing.tiny import tiny_model
-        >>> list(require_classifier(tiny_model("bert", task="classifier")))
-        ['pooler', 'classifier']
-    """
-    hf = _split(model)
-    adapter = get_adapter(hf)
-    head = adapter.classifier_head(hf)
-    if head is None:
-        raise InputError(
-            f"{purpose} needs a model with a classifier head, but this {adapter.family} model "
-            f"({type(hf).__name__}) has none; load it with tunescope.models.load_classifier(...) "
-            "or AutoModelForSequenceClassification"
-        )
-    return head
-
-
-def load_trained_classifier(
-    source: str | os.PathLike[str], *, device: str | torch.device = "cpu", purpose: str = "this step"
-) -> Encoder:
-    """Load a fine-tuned sequence classifier, refusing a checkpoint whose head would be random.
-
-    :func:`~tunescope.models.load_classifier` gives a base checkpoint a fresh head (right for
-    fine-tuning, wrong for evaluating), so the ``architectures`` saved in the checkpoint's config decide:
-    they must name a ``...ForSequenceClassification`` class.
-
-    Args:
-        source: A folder (or hub id) saved from a sequence classifier.
-        device: Where to load it.
-        purpose: What needs the trained head (named in the error), e.g. ``"tunescope truncate"``.
-
-    Raises:
-        InputError: The checkpoint is a base model or a token classifier.
-    """
-    from tunescope.models import load_classifier
-
-    model = load_classifier(source, device=device)
-    saved = [str(a) for a in (getattr(model.model.config, "architectures", None) or [])]
-    if saved and not any(a.endswith("ForSequenceClassification") for a in saved):
-        token = any(a.endswith("ForTokenClassification") for a in saved)
-        what = "a token-classification (tagging) head" if token else "no classifier head"
-        raise InputError(
-            f"{source} has {what} ({', '.join(saved)}); {purpose} needs a fine-tuned sequence classifier "
-            "(run `tunescope finetune MODEL --task T --out DIR` first and pass DIR)"
-        )
-    require_classifier(model, purpose=purpose)
-    return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -579,42 +425,6 @@ def freeze_embeddings(model: ModelT) -> ModelT:
 # ------------------------------------------------------------------------------------------------
 # FFN removal
 # ------------------------------------------------------------------------------------------------
-def _ffn_removed(layer_module: nn.Module) -> bool:
-    return any(isinstance(m, _RemovedFFNPart) for m in layer_module.modules())
-
-
-def _replace(owner: nn.Module, path: str, replacement: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = owner.get_submodule(parent_path) if parent_path else owner
-    setattr(parent, name, replacement)
-
-
-def removed_ffn_layers(model: Encoder | transformers.PreTrainedModel) -> list[int]:
-    """Layers (1-based, sorted) whose FFN the model's config records as removed; ``[]`` if none.
-
-    Example:
-        >>> from tunescope.testing.tiny import tiny_model
-        >>> removed_ffn_layers(remove_ffn(tiny_model("bert"), [2]))
-        [2]
-    """
-    config = _split(model).config
-    value = getattr(config, REMOVED_FFN_KEY, None)
-    return [] if not value else sorted(int(x) for x in value)
-
-
-def _remove_ffn_in_place(model: transformers.PreTrainedModel, chosen: list[int]) -> None:
-    adapter = get_adapter(model)
-    for layer in chosen:
-        owner = adapter.layer(model, layer)
-        if _ffn_removed(owner):  # a shared ALBERT module, or removed before
-            continue
-        parts = adapter.ffn(model, layer)
-        _replace(owner, parts.up_name, _SkippedUp())
-        _replace(owner, parts.down_name, _ZeroDown(parts.down.out_features))
-        _replace(owner, parts.layer_norm_name, _SkippedNorm())
-    _set_config(model, REMOVED_FFN_KEY, sorted(set(removed_ffn_layers(model)) | set(chosen)))
-
-
 def remove_ffn(model: ModelT, layers: int | Iterable[int]) -> ModelT:
     """Remove the FFN sublayer of the chosen layers: each such layer outputs its attention block's output.
 
@@ -650,43 +460,6 @@ def remove_ffn(model: ModelT, layers: int | Iterable[int]) -> ModelT:
     new = copy.deepcopy(hf)
     _remove_ffn_in_place(new, chosen)
     return _like(model, new, f"remove_ffn={_span(chosen)}")
-
-
-def apply_saved_surgery(model: ModelT) -> ModelT:
-    """Re-apply the surgery a saved config records (FFN removals) to a freshly loaded model, in place.
-
-    ``from_pretrained`` builds every FFN and fills removed ones with random weights (reporting them as
-    missing); this replaces them again, so the model computes what was saved. A model whose config
-    records nothing is returned unchanged. ``tunescope.models.load_encoder``/``load_classifier`` call
-    this after loading.
-
-    Args:
-        model: An Encoder or transformers model just loaded (modified in place).
-
-    Returns:
-        ``model`` itself.
-
-    Raises:
-        ModelLoadError: The config's ``tunescope_removed_ffn`` entry is not a list of layers in ``1..L``.
-    """
-    hf = _split(model)
-    value = getattr(hf.config, REMOVED_FFN_KEY, None)
-    if not value:
-        return model
-    adapter = get_adapter(hf)
-    n_layers = adapter.num_layers(hf.config)
-    try:
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"expected a list of layers, got {type(value).__name__}")
-        chosen = _layer_list(value, n_layers, REMOVED_FFN_KEY)
-        _check_shared(adapter, hf, chosen, REMOVED_FFN_KEY)
-    except InputError as exc:
-        raise ModelLoadError(
-            f"config entry {REMOVED_FFN_KEY}={value!r} is invalid ({exc}); the folder was not written by "
-            "tunescope.surgery or its config.json was edited"
-        ) from exc
-    _remove_ffn_in_place(hf, chosen)
-    return model
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Options shared by several subcommands, and the loading of a task or a data file from them."""
+"""Shared options, the loading of a task, data file or tuned model from them, and before/after lines."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,6 +11,8 @@ from tunescope.errors import InputError
 
 if TYPE_CHECKING:
     from tunescope.data import Examples
+    from tunescope.data import Task as TaskSpec
+    from tunescope.models import Encoder
 
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for everything random.")]
@@ -33,6 +35,10 @@ Measures = Annotated[
     typer.Option("--measure", "-m", help="linear_cka (default), rbf_cka, svcca, ...; ':debiased' suffix."),
 ]
 Rsa = Annotated[str, typer.Option("--rsa", help="RDM,COMPARE for rsa.csv, or 'none'.")]
+Tuned = Annotated[
+    str, typer.Argument(help="Fine-tuned sequence classifier: a folder or hub id with its classifier head.")
+]
+MaxLength = Annotated[int, typer.Option("--max-length", help="Inputs are truncated to this many tokens.")]
 
 
 def new_output_dir(out: Path | None) -> Path:
@@ -130,3 +136,38 @@ def name_list(value: str | None) -> tuple[str, ...] | None:
     if value.strip().lower() == "none":
         return ()
     return tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+def get_task(name: str | None) -> TaskSpec | None:
+    """The registered task called ``name`` (``None`` stays ``None``)."""
+    if name is None:
+        return None
+    from tunescope.data import get_task as lookup
+
+    return lookup(name)
+
+
+def task_examples(task: TaskSpec, split: str, data_dir: Path | None, limit: int | None) -> Examples:
+    """The examples of one split (``limit`` 0 or ``None``: all)."""
+    return task.load(split, data_dir=data_dir, limit=limit or None)
+
+
+def load_tuned(tuned: str, device: Any, command: str) -> Encoder:
+    """Load a fine-tuned sequence classifier; refuse a checkpoint without its trained head."""
+    from tunescope.models import load_trained_classifier
+
+    return load_trained_classifier(tuned, device=device, purpose=command)
+
+
+def before_after(what: str, before: int, after: int) -> str:
+    """``parameters: 1,000 -> 800 (-20.0%)``."""
+    change = 100 * (after - before) / before if before else 0.0
+    return f"{what}: {before:,} -> {after:,} ({change:+.1f}%)"
+
+
+def metric_line(task: TaskSpec, split: str, examples: Examples, before: float, after: float) -> str:
+    """``accuracy on movie-sentiment validation (40 examples): 0.5250 -> 0.5000 (-2.5 points)``."""
+    return (
+        f"{task.metric} on {task.name} {split} ({len(examples)} examples): {before:.4f} -> {after:.4f} "
+        f"({100 * (after - before):+.1f} points)"
+    )

@@ -8,20 +8,10 @@ from typing import Annotated
 import typer
 
 from tunescope.cli import _options as opt
-from tunescope.cli.truncate import (
-    MaxLength,
-    Tuned,
-    before_after,
-    evaluate_pair,
-    get_task,
-    load_tuned,
-    metric_line,
-    task_examples,
-)
 
 
 def compress(
-    tuned: Tuned,
+    tuned: opt.Tuned,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="New (or empty) folder for the model.")
     ] = None,
@@ -40,7 +30,7 @@ def compress(
     limit: opt.AnalysisLimit = 1000,
     data_dir: opt.DataDir = None,
     batch_size: opt.BatchSize = 32,
-    max_length: MaxLength = 128,
+    max_length: opt.MaxLength = 128,
     device: opt.Device = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Accepted for uniformity; nothing here is random.")] = 0,
 ) -> None:
@@ -62,6 +52,7 @@ def compress(
     from tunescope.errors import InputError
     from tunescope.pipeline import resolve_device
     from tunescope.surgery import count_parameters, export, truncate
+    from tunescope.truncation import evaluate_pair
 
     folder = opt.new_output_dir(out)
     ffn_layers = opt.layer_list(remove_ffn, "--remove-ffn") or ()
@@ -69,8 +60,8 @@ def compress(
         raise InputError("nothing to do: pass --drop-top K and/or --remove-ffn LAYERS (e.g. 2,5)")
     if drop_top is not None and drop_top < 1:
         raise InputError(f"--drop-top {drop_top} drops nothing; pass K >= 1 (or leave it out)")
-    task_obj = get_task(task)
-    model = load_tuned(tuned, resolve_device(device), "tunescope compress")
+    task_obj = opt.get_task(task)
+    model = opt.load_tuned(tuned, resolve_device(device), "tunescope compress")
     n_layers = model.num_layers
     kept = n_layers - (drop_top or 0)
     if kept < 1:
@@ -93,13 +84,15 @@ def compress(
         small = drop_ffn(small, ffn_layers)
     metric = None
     if task_obj is not None:
-        examples = task_examples(task_obj, split, data_dir, limit)
-        values = evaluate_pair(model, small, examples, task_obj, batch_size, max_length)
-        metric = metric_line(task_obj, split, examples, *values)
+        examples = opt.task_examples(task_obj, split, data_dir, limit)
+        values = evaluate_pair(
+            model, small, examples, task_obj, batch_size=batch_size, max_length=max_length, progress=True
+        )
+        metric = opt.metric_line(task_obj, split, examples, *values)
     export(small, folder)
     removed = ",".join(str(layer) for layer in sorted(set(ffn_layers)))
     typer.echo(f"layers: {n_layers} -> {kept}" + (f", FFN removed in layers {removed}" if removed else ""))
-    typer.echo(before_after("parameters", count_parameters(model), count_parameters(small)))
+    typer.echo(opt.before_after("parameters", count_parameters(model), count_parameters(small)))
     if metric is not None:
         typer.echo(metric)
     if ffn_layers:

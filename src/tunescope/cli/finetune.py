@@ -197,21 +197,19 @@ def _token_data(
     if conllu is not None:
         if task is not None:
             raise InputError("--conllu gives the data and the tags; drop --task")
-        return _conllu_data(conllu, tag_field or "upos", conllu_validation, seed)
+        from tunescope.data.conllu import conllu_train_validation
+
+        return conllu_train_validation(
+            conllu,
+            field=tag_field or "upos",
+            validation=conllu_validation,
+            seed=seed,
+            what=f"--conllu {conllu}",
+            fix="--conllu-validation FILE",
+        )
     if silver is not None:
         return _silver_data(silver, task, data, text, data_dir, train_limit, validation_limit, seed)
     return None
-
-
-def _conllu_data(
-    path: Path, field: str, validation: Path | None, seed: int
-) -> tuple[TokenExamples, TokenExamples]:
-    from tunescope.data.conllu import load_conllu
-
-    train = load_conllu(path, field=field, split="train")
-    if validation is not None:
-        return train, load_conllu(validation, field=field, split="validation", tag_names=train.tag_names)
-    return _hold_out(train, seed, f"--conllu {path}", "--conllu-validation FILE")
 
 
 def _silver_data(
@@ -224,9 +222,9 @@ def _silver_data(
     validation_limit: int | None,
     seed: int,
 ) -> tuple[TokenExamples, TokenExamples]:
-    """spaCy tags of the texts, tagged in one call so train and validation share one tag scheme."""
+    """The texts the --silver options name, tagged and split by ``silver_train_validation``."""
     from tunescope.data import get_task, load_file
-    from tunescope.data.silver import SILVER_FIELDS, silver_tags
+    from tunescope.data.silver import SILVER_FIELDS, silver_train_validation
     from tunescope.errors import InputError, UnknownNameError
 
     if field not in SILVER_FIELDS:
@@ -237,8 +235,13 @@ def _silver_data(
         if text is None:
             raise InputError("--data needs --text COLUMN naming the column that holds the text")
         texts = load_file(data, text=text).texts
-        tagged = silver_tags(texts[:train_limit] if train_limit else texts, field=field, split="train")
-        return _hold_out(tagged, seed, f"--data {data}", "more texts")
+        return silver_train_validation(
+            texts[:train_limit] if train_limit else texts,
+            field=field,
+            seed=seed,
+            what=f"--data {data}",
+            fix="more texts",
+        )
     if task is None:
         raise InputError(
             "--silver tags the texts of --task T (its train and validation splits) or --data FILE"
@@ -247,39 +250,11 @@ def _silver_data(
     train_texts = task_obj.load("train", data_dir=data_dir, limit=train_limit).texts
     split = next((s for s in task_obj.splits if s.startswith("validation")), None)
     if split is None:
-        tagged = silver_tags(train_texts, field=field, split="train")
-        return _hold_out(tagged, seed, f"task {task}", "a task with a validation split")
-    val_texts = task_obj.load(split, data_dir=data_dir, limit=validation_limit).texts
-    tagged = silver_tags([*train_texts, *val_texts], field=field, split="train")
-    n = len(train_texts)
-    validation = tagged.subset(range(n, len(tagged)))
-    return tagged.head(n), _renamed(validation, "validation")
-
-
-def _hold_out(examples: TokenExamples, seed: int, what: str, fix: str) -> tuple[TokenExamples, TokenExamples]:
-    """Split off 10% of the sentences (at least 2), chosen by ``seed``, for validation."""
-    import numpy as np
-
-    from tunescope.errors import DataError
-
-    n = len(examples)
-    n_validation = max(2, n // 10)
-    if n - n_validation < 2:
-        raise DataError(
-            f"{what} has {n} sentence(s); holding out 10% for validation needs at least 4 (pass {fix})"
+        return silver_train_validation(
+            train_texts, field=field, seed=seed, what=f"task {task}", fix="a task with a validation split"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    held = sorted(int(i) for i in order[:n_validation])
-    kept = sorted(int(i) for i in order[n_validation:])
-    return examples.subset(kept), _renamed(examples.subset(held), "validation")
-
-
-def _renamed(examples: TokenExamples, split: str) -> TokenExamples:
-    from tunescope.data.tokens import TokenExamples
-
-    return TokenExamples(
-        examples.words, examples.tags, examples.tag_names, examples.task, split, examples.silver
-    )
+    val_texts = task_obj.load(split, data_dir=data_dir, limit=validation_limit).texts
+    return silver_train_validation(train_texts, val_texts, field=field, seed=seed)
 
 
 def register(app: typer.Typer) -> None:

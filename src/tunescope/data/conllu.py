@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunescope.data._io import decode_utf8, read_bytes
-from tunescope.data.tokens import TokenExamples
+from tunescope.data.tokens import TokenExamples, hold_out
 from tunescope.errors import DataError, MissingExtraError, UnknownNameError
 
-__all__ = ["ConlluField", "CONLLU_FIELDS", "UPOS_TAGS", "load_conllu"]
+__all__ = ["ConlluField", "CONLLU_FIELDS", "UPOS_TAGS", "conllu_train_validation", "load_conllu"]
 
 ConlluField = Literal["upos", "xpos", "deprel"]
 #: column name -> what it holds
@@ -142,6 +142,40 @@ def load_conllu(
             ids.append(index[tag])
         tags.append(ids)
     return TokenExamples(words, tags, names, str(field), split)
+
+
+def conllu_train_validation(
+    path: str | os.PathLike[str],
+    *,
+    field: ConlluField | str = "upos",
+    validation: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    what: str | None = None,
+    fix: str = "a validation file",
+) -> tuple[TokenExamples, TokenExamples]:
+    """A treebank as tagger training data: its sentences, and validation sentences with the same tag ids.
+
+    The validation sentences come from the ``validation`` file (read with the training file's
+    ``tag_names``) or, without one, are 10% of the training file's sentences held out by ``seed``
+    (:func:`~tunescope.data.tokens.hold_out`).
+
+    Args:
+        path: the training ``.conllu`` file.
+        field: which column gives the labels: ``upos``, ``xpos`` or ``deprel``.
+        validation: a ``.conllu`` file to validate on.
+        seed: seed of the hold-out.
+        what, fix: how a too-small hold-out's error names the data (default: ``path``) and the remedy.
+
+    Returns:
+        ``(train, validation)``, with splits ``train`` and ``validation``.
+
+    Raises:
+        DataError: as :func:`load_conllu`, or fewer than 4 sentences to hold out from.
+    """
+    train = load_conllu(path, field=field, split="train")
+    if validation is not None:
+        return train, load_conllu(validation, field=field, split="validation", tag_names=train.tag_names)
+    return hold_out(train, seed=seed, what=str(path) if what is None else what, fix=fix)
 
 
 def _sentence_blocks(path: Path) -> Iterator[tuple[int, list[str], bool]]:

@@ -12,16 +12,17 @@ package, which holds ``en_core_web_sm`` 3.8 under the import name ``en_core_web_
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunescope.data.conllu import UPOS_TAGS
-from tunescope.data.tokens import TokenExamples
+from tunescope.data.tokens import TokenExamples, hold_out
 from tunescope.errors import DataError, InputError, MissingExtraError, UnknownNameError
 
 if TYPE_CHECKING:
     from spacy.language import Language
 
-__all__ = ["SilverField", "SILVER_FIELDS", "silver_tags"]
+__all__ = ["SilverField", "SILVER_FIELDS", "silver_tags", "silver_train_validation"]
 
 SilverField = Literal["pos", "tag", "dep"]
 #: field name -> (spaCy token attribute, what it holds)
@@ -111,6 +112,44 @@ def silver_tags(
         words.append(sentence_words)
         tags.append(sentence_tags)
     return TokenExamples(words, tags, tuple(names), f"silver-{field}", split, silver=True)
+
+
+def silver_train_validation(
+    train_texts: Sequence[str],
+    validation_texts: Sequence[str] | None = None,
+    *,
+    field: SilverField | str = "pos",
+    seed: int = 0,
+    what: str = "the texts",
+    fix: str = "more texts",
+) -> tuple[TokenExamples, TokenExamples]:
+    """Silver-tagged tagger training data: spaCy's tags of the texts, train and validation in one scheme.
+
+    With ``validation_texts`` both lists are tagged in one :func:`silver_tags` call (so tags that only
+    the validation texts contain get the same ids on both sides); without them, 10% of the training
+    sentences are held out by ``seed`` (:func:`~tunescope.data.tokens.hold_out`).
+
+    Args:
+        train_texts: the texts to train on.
+        validation_texts: the texts to validate on, if any.
+        field: ``pos`` (UPOS), ``tag`` (Penn Treebank tags) or ``dep`` (dependency labels).
+        seed: seed of the hold-out.
+        what, fix: how a too-small hold-out's error names the texts and the remedy.
+
+    Returns:
+        ``(train, validation)``, with splits ``train`` and ``validation``.
+
+    Raises:
+        MissingExtraError: spaCy or its English model is not installed.
+        DataError: fewer than 4 texts to hold out from.
+    """
+    if validation_texts is None:
+        tagged = silver_tags(train_texts, field=field, split="train")
+        return hold_out(tagged, seed=seed, what=what, fix=fix)
+    tagged = silver_tags([*train_texts, *validation_texts], field=field, split="train")
+    n = len(train_texts)
+    validation = tagged.subset(range(n, len(tagged)))
+    return tagged.head(n), replace(validation, split="validation")
 
 
 def _load(model: str, field: str) -> Language:

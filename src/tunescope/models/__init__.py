@@ -1,4 +1,4 @@
-"""Encoders: loading (path, hub id or memory), architecture adapters and head gates."""
+"""Encoders: loading (path, hub id or memory), architecture adapters, head gates, saved surgery."""
 
 from __future__ import annotations
 
@@ -16,21 +16,29 @@ from tunescope.models.loading import (
     from_model,
     load_classifier,
     load_encoder,
+    load_trained_classifier,
     model_fingerprint,
+    require_classifier,
 )
+from tunescope.models.saved_surgery import REMOVED_FFN_KEY, apply_saved_surgery, removed_ffn_layers
 
 __all__ = [
     "ADAPTERS",
+    "REMOVED_FFN_KEY",
     "ArchitectureAdapter",
     "Encoder",
     "FFNParts",
     "HeadGates",
     "SharedLayerAdapter",
+    "apply_saved_surgery",
     "default_model_path",
     "from_model",
     "get_adapter",
     "load_classifier",
     "load_encoder",
+    "load_trained_classifier",
     "mask_heads",
     "model_fingerprint",
+    "removed_ffn_layers",
+    "require_classifier",
 ]

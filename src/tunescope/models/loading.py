@@ -9,6 +9,10 @@ are read and checked *before* transformers parses them (not JSON, empty, not UTF
 object belongs, a size that is not a whole number); a weights file (``*.safetensors``, its
 ``*.index.json``, ``pytorch_model*.bin``) is examined when ``from_pretrained`` fails, so the message
 names the damaged file rather than repeating safetensors' or torch's own words.
+
+A folder whose config records removed FFN sublayers gets them removed again after loading (see
+:mod:`tunescope.models.saved_surgery`); :func:`load_trained_classifier` refuses a checkpoint whose
+classifier head would be freshly initialised.
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ __all__ = [
     "from_model",
     "load_classifier",
     "load_encoder",
+    "load_trained_classifier",
     "model_fingerprint",
+    "require_classifier",
 ]
 
 logger = logging.getLogger(__name__)
@@ -282,6 +288,16 @@ class Encoder:
             "fingerprint": self.fingerprint,
             "transformers_version": transformers.__version__,
         }
+
+
+def _split(model: Encoder | transformers.PreTrainedModel) -> transformers.PreTrainedModel:
+    """The transformers model of an Encoder or a bare model."""
+    hf = model.model if isinstance(model, Encoder) else model
+    if not isinstance(hf, nn.Module) or getattr(hf, "config", None) is None:
+        raise InputError(
+            f"expected a tunescope Encoder or a transformers PreTrainedModel, got {type(model).__name__}"
+        )
+    return hf
 
 
 def _checkpoint_keys(folder: pathlib.Path) -> set[str]:
@@ -736,7 +752,7 @@ def _load(
     ) as exc:
         damaged = _damaged_weights(source.folder) if source.folder is not None else None
         raise (damaged or _wrap_load_error(source, "weights", exc)) from exc
-    from tunescope.surgery import apply_saved_surgery  # here: surgery imports this module
+    from tunescope.models.saved_surgery import apply_saved_surgery  # here: it imports this module
 
     try:
         model = apply_saved_surgery(model)  # re-apply FFN removals recorded in the config
@@ -859,6 +875,69 @@ def load_classifier(
         config_overrides=overrides,
         model_kwargs=model_kwargs,
     )
+
+
+def require_classifier(
+    model: Encoder | transformers.PreTrainedModel, purpose: str = "this step"
+) -> nn.ModuleDict:
+    """The model's classifier head, or a one-line error when it has none.
+
+    Args:
+        model: An Encoder or a transformers model.
+        purpose: What needs the head (named in the error), e.g. ``"a truncation sweep"``.
+
+    Returns:
+        The head parts in data-flow order (see
+        :meth:`~tunescope.models.adapters.ArchitectureAdapter.classifier_head`).
+
+    Raises:
+        InputError: The model is a base model (``AutoModel``) without a classifier head.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> list(require_classifier(tiny_model("bert", task="classifier")))
+        ['pooler', 'classifier']
+    """
+    hf = _split(model)
+    adapter = get_adapter(hf)
+    head = adapter.classifier_head(hf)
+    if head is None:
+        raise InputError(
+            f"{purpose} needs a model with a classifier head, but this {adapter.family} model "
+            f"({type(hf).__name__}) has none; load it with tunescope.models.load_classifier(...) "
+            "or AutoModelForSequenceClassification"
+        )
+    return head
+
+
+def load_trained_classifier(
+    source: str | os.PathLike[str], *, device: str | torch.device = "cpu", purpose: str = "this step"
+) -> Encoder:
+    """Load a fine-tuned sequence classifier, refusing a checkpoint whose head would be random.
+
+    :func:`load_classifier` gives a base checkpoint a fresh head (right for fine-tuning, wrong for
+    evaluating), so the ``architectures`` saved in the checkpoint's config decide: they must name a
+    ``...ForSequenceClassification`` class.
+
+    Args:
+        source: A folder (or hub id) saved from a sequence classifier.
+        device: Where to load it.
+        purpose: What needs the trained head (named in the error), e.g. ``"tunescope truncate"``.
+
+    Raises:
+        InputError: The checkpoint is a base model or a token classifier.
+    """
+    model = load_classifier(source, device=device)
+    saved = [str(a) for a in (getattr(model.model.config, "architectures", None) or [])]
+    if saved and not any(a.endswith("ForSequenceClassification") for a in saved):
+        token = any(a.endswith("ForTokenClassification") for a in saved)
+        what = "a token-classification (tagging) head" if token else "no classifier head"
+        raise InputError(
+            f"{source} has {what} ({', '.join(saved)}); {purpose} needs a fine-tuned sequence classifier "
+            "(run `tunescope finetune MODEL --task T --out DIR` first and pass DIR)"
+        )
+    require_classifier(model, purpose=purpose)
+    return model
 
 
 def from_model(

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from tunescope.data.tokens import MAX_TEST_WORDS, MAX_TRAIN_WORDS, split_sentences
 from tunescope.errors import DataError, InputError, MissingExtraError, UnknownNameError
 from tunescope.pipeline import RunContext, Stage, Table
 
@@ -63,12 +63,6 @@ COLUMNS = (
     "n_train",
     "n_test",
 )
-#: at most this many training words (probe fit + validation) per label set: keeps the demo fast
-MAX_TRAIN_WORDS = 10_000
-#: at most this many test words per label set
-MAX_TEST_WORDS = 2_500
-#: share of the sentences that go to the test side
-TEST_FRACTION = 0.2
 #: what a silver name means when a CoNLL-U file gives gold labels
 SILVER_TO_GOLD: dict[str, str] = {"pos": "upos", "tag": "xpos", "dep": "deprel"}
 SPACY_FIX = "`pip install 'tunescope[spacy]'`"
@@ -113,56 +107,6 @@ def resolve_probe_tasks(names: Sequence[str], conllu: str | Path | None) -> tupl
     if conllu is not None and not Path(conllu).is_file():
         raise DataError(f"CoNLL-U file {conllu} does not exist; pass the path of a .conllu file to --conllu")
     return tuple(resolved)
-
-
-def split_sentences(
-    lengths: Sequence[int],
-    *,
-    seed: int = 0,
-    test_fraction: float = TEST_FRACTION,
-    max_train_words: int | None = MAX_TRAIN_WORDS,
-    max_test_words: int | None = MAX_TEST_WORDS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train/test split of sentences (whole sentences on one side), capped in words.
-
-    The sentences are shuffled with ``seed``; the first ``ceil(test_fraction * n)`` go to test, the rest
-    to train. Each side then keeps sentences in that shuffled order while its word count stays within its
-    cap (a first sentence longer than the cap is kept, so no side is empty).
-
-    Args:
-        lengths: (n_sentences,) words per sentence; sentences without words are left out.
-        seed: seed of the shuffle.
-        test_fraction: share of the sentences on the test side, in (0, 1).
-        max_train_words, max_test_words: word budget of each side (None = no cap).
-
-    Returns:
-        ``(train, test)``: ascending sentence indices.
-
-    Raises:
-        DataError: fewer than two sentences with words.
-
-    Example:
-        >>> train, test = split_sentences([3, 4, 5, 2, 6], seed=0)
-        >>> train.tolist(), test.tolist()
-        ([0, 1, 3, 4], [2])
-    """
-    if not 0 < test_fraction < 1:
-        raise InputError(f"test_fraction must be in (0, 1); got {test_fraction}")
-    sizes = np.asarray(lengths, dtype=np.int64)
-    usable = np.flatnonzero(sizes > 0)
-    if len(usable) < 2:
-        raise DataError(f"token probes need at least two sentences with words; got {len(usable)}")
-    order = usable[np.random.default_rng(seed).permutation(len(usable))]
-    n_test = min(max(1, math.ceil(test_fraction * len(order))), len(order) - 1)
-    return _within(order[n_test:], sizes, max_train_words), _within(order[:n_test], sizes, max_test_words)
-
-
-def _within(order: np.ndarray, sizes: np.ndarray, budget: int | None) -> np.ndarray:
-    """The sentences of ``order`` whose running word total stays within ``budget`` (at least one)."""
-    if budget is not None:
-        totals = np.cumsum(sizes[order])
-        order = order[: max(1, int(np.searchsorted(totals, budget, side="right")))]
-    return np.sort(order)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from typing import Any
 
 from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
-from tunescope.stages.truncation import recommend
+from tunescope.truncation import recommend
 
 
 def build(sec: Section) -> dict[str, Any] | None:

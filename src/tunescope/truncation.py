@@ -1,0 +1,180 @@
+"""Truncation sweeps: a fine-tuned classifier's metric with only its bottom k layers, no retraining.
+
+Phang et al. (2021) found that the top layers of a fine-tuned encoder can often be dropped with little
+loss. :func:`truncation_sweep` cuts the tuned classifier after layer k for k = L..1 (pooler and
+classifier kept; see :func:`tunescope.surgery.truncate`) and evaluates each cut model with the task's
+metric; :func:`recommend` picks the fewest layers within a point of the full model;
+:func:`evaluate_pair` scores a model before and after a change (``tunescope truncate --keep`` and
+``tunescope compress``). The ``truncation`` stage and ``tunescope truncate`` both call these.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from tunescope.data import Examples, Task
+    from tunescope.models import Encoder
+
+__all__ = ["COLUMNS", "evaluate_pair", "recommend", "truncation_sweep"]
+
+COLUMNS = ("layers_kept", "metric", "value", "params", "seconds_per_batch")
+
+
+def truncation_sweep(
+    tuned: Encoder,
+    examples: Examples,
+    task: Task,
+    *,
+    batch_size: int = 32,
+    max_length: int = 128,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """The task metric of ``tuned`` cut after layer k, for k = L..1, without retraining.
+
+    Each row is the evaluation of :func:`tunescope.surgery.truncate` ``(tuned, k)`` on ``examples``
+    with the task's primary metric (:func:`tunescope.metrics.evaluate`); ``seconds_per_batch`` is that
+    evaluation's wall-clock time (tokenisation, forward passes, scoring) divided by the number of
+    batches, after one untimed warm-up batch.
+
+    Args:
+        tuned: A fine-tuned sequence classifier (e.g. from :func:`tunescope.load_classifier`).
+        examples: Labelled examples of ``task``.
+        task: Gives the metric (``task.metric``).
+        batch_size: Examples per forward pass.
+        max_length: Inputs are truncated to this many tokens.
+        device: Evaluate there (default: where ``tuned`` is).
+        progress: Progress bars on stderr.
+
+    Returns:
+        One dict per k, from L down to 1, with the keys of :data:`COLUMNS`: ``layers_kept``,
+        ``metric``, ``value``, ``params`` (parameters of the cut model) and ``seconds_per_batch``.
+
+    Example:
+        >>> import numpy as np
+        >>> from tunescope.data import Examples, get_task
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> ex = Examples(["good", "bad", "fine"], None, np.array([1, 0, 1]), "demo", "validation",
+        ...               ("negative", "positive"))
+        >>> rows = truncation_sweep(tiny_model("bert", task="classifier", num_layers=3), ex,
+        ...                         get_task("movie-sentiment"))
+        >>> [r["layers_kept"] for r in rows], rows[0]["metric"]
+        ([3, 2, 1], 'accuracy')
+    """
+    from tunescope._progress import track
+    from tunescope.metrics import evaluate
+    from tunescope.surgery import count_parameters, truncate
+
+    n_batches = max(1, -(-len(examples) // batch_size))
+    # one untimed batch first, so the first row's time does not include one-off costs (imports, caches)
+    evaluate(
+        tuned,
+        examples.head(batch_size),
+        task=task,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+    )
+    rows = []
+    keeps = range(tuned.num_layers, 0, -1)
+    for keep in track(keeps, total=len(keeps), description="truncation sweep", enabled=progress):
+        model = truncate(tuned, keep)
+        start = time.perf_counter()
+        scores = evaluate(
+            model, examples, task=task, batch_size=batch_size, max_length=max_length, device=device
+        )
+        elapsed = time.perf_counter() - start
+        rows.append(
+            {
+                "layers_kept": keep,
+                "metric": task.metric,
+                "value": scores[task.metric],
+                "params": count_parameters(model),
+                "seconds_per_batch": elapsed / n_batches,
+            }
+        )
+    return rows
+
+
+def recommend(rows: Sequence[dict[str, Any]], points: float = 1.0) -> dict[str, Any] | None:
+    """The row with the fewest layers whose metric is within ``points`` points of the full model's.
+
+    A point is 0.01 of the metric (one percentage point of accuracy). The full model is the row with
+    the most layers kept.
+
+    Args:
+        rows: Rows of :func:`truncation_sweep` (or of ``truncation.csv``, values as numbers).
+        points: Allowed loss, in points.
+
+    Returns:
+        That row, or ``None`` when there are no rows or the full model's value is NaN.
+
+    Example:
+        >>> rows = [{"layers_kept": 3, "value": 0.90}, {"layers_kept": 2, "value": 0.895},
+        ...         {"layers_kept": 1, "value": 0.70}]
+        >>> recommend(rows)["layers_kept"]
+        2
+    """
+    if not rows:
+        return None
+    ordered = sorted(rows, key=lambda r: int(r["layers_kept"]))
+    full = float(ordered[-1]["value"])
+    if math.isnan(full):
+        return None
+    return next(r for r in ordered if float(r["value"]) >= full - points / 100)
+
+
+def evaluate_pair(
+    before: Encoder,
+    after: Encoder,
+    examples: Examples,
+    task: Task,
+    *,
+    batch_size: int = 32,
+    max_length: int = 128,
+    progress: bool = False,
+) -> tuple[float, float]:
+    """The task metric of ``before`` and ``after`` (e.g. a model and its truncated copy) on ``examples``.
+
+    Both are scored with :func:`tunescope.metrics.evaluate` and the task's primary metric, each where
+    its weights are.
+
+    Args:
+        before: The model as it was.
+        after: The changed model.
+        examples: Labelled examples of ``task``.
+        task: Gives the metric (``task.metric``).
+        batch_size: Examples per forward pass.
+        max_length: Inputs are truncated to this many tokens.
+        progress: Progress bars on stderr.
+
+    Returns:
+        ``(metric of before, metric of after)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from tunescope.data import Examples, get_task
+        >>> from tunescope.surgery import truncate
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> ex = Examples(["good", "bad"], None, np.array([1, 0]), "demo", "validation",
+        ...               ("negative", "positive"))
+        >>> tuned = tiny_model("bert", task="classifier", num_layers=3)
+        >>> full, cut = evaluate_pair(tuned, truncate(tuned, 1), ex, get_task("movie-sentiment"))
+        >>> 0 <= full <= 1 and 0 <= cut <= 1
+        True
+    """
+    from tunescope.metrics import evaluate
+
+    values = []
+    for model in (before, after):
+        scores = evaluate(
+            model, examples, task=task, batch_size=batch_size, max_length=max_length, progress=progress
+        )
+        values.append(scores[task.metric])
+    return values[0], values[1]
