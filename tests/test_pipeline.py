@@ -297,3 +297,47 @@ def _assert_cell(got: str, want: str, where: str) -> None:
         assert got == want, where
         return
     assert a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True), where
+
+
+BAD_FIELDS = {
+    "model": "no-such/model-folder",
+    "tuned": "no-such/tuned-folder",
+    "task": "no-such-task",
+    "data_dir": "/no/such/glue",
+    "split": "no-such-split",
+    "limit": 1,
+    "pooling": "tokens",
+    "batch_size": 0,
+    "max_length": 1,
+    "device": "tpu",
+    "stages": ("no-such-stage",),
+    "measures": ("no_such_measure",),
+    "rsa": ("no-such-rdm", "spearman"),
+    "labels": ("same", "same"),
+    "epochs": 0,
+    "learning_rate": -1.0,
+    "train_limit": 1,
+    "ffn_layers": (0,),
+    "selection_budget": 0,
+    "probe_tasks": ("no-such-probe",),
+    "conllu": "/no/such/file.conllu",
+    "ood_tasks": ("no-such-task",),
+}
+
+
+@pytest.mark.parametrize("field", list(BAD_FIELDS))
+def test_every_bad_field_raises_before_anything_is_written(tmp_path, tiny_folder, field):
+    options = {"task": "sst2", "data_dir": "/no/such/glue"} if field == "data_dir" else {}
+    if field == "conllu":
+        options["probe_tasks"] = ("upos",)
+    options[field] = BAD_FIELDS[field]
+    model = options.pop("model", tiny_folder)
+    with pytest.raises(InputError):
+        analyze(_config(tmp_path, model, **options), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_fields_cover_every_option():
+    import dataclasses as dc
+
+    assert set(BAD_FIELDS) == {f.name for f in dc.fields(AnalyzeConfig)} - {"out", "seed", "finetune"}

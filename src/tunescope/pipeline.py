@@ -127,8 +127,15 @@ class AnalyzeConfig:
         for name, ok, want in checks:
             if not ok:
                 raise InputError(f"{name} must be {want}, got {getattr(self, name)!r}")
+        if self.max_length is not None and self.max_length < 2:
+            raise InputError(f"max_length must be at least 2 or None, got {self.max_length!r}")
         if self.ffn_layers is not None and any(int(layer) < 1 for layer in self.ffn_layers):
             raise InputError(f"ffn_layers are layers 1..L, got {self.ffn_layers}; fix --ffn-layers")
+        if self.pooling not in ("cls", "mean"):
+            raise UnknownNameError("sentence pooling", self.pooling, ("cls", "mean"), hint="fix --pooling")
+        if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
+            raise InputError(f"labels must name the two models differently, got {self.labels!r}")
+        resolve_device(self.device)
 
     def to_json(self) -> dict[str, Any]:
         """The config as plain JSON values."""

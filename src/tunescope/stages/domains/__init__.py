@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunescope.errors import InputError
 from tunescope.pipeline import RunContext, Stage, Table
+from tunescope.stages.similarity import check_measures
 
 if TYPE_CHECKING:
     from tunescope.data import Examples, Task
@@ -179,6 +180,7 @@ def _rows(
 def check(ctx: RunContext) -> None:
     """Out-of-domain task names, before anything runs."""
     ood_tasks(ctx.config.task, ctx.config.ood_tasks)
+    check_measures(ctx.config)
 
 
 STAGE = Stage(

@@ -95,6 +95,25 @@ def run(ctx: RunContext) -> list[Table]:
     return tables
 
 
+def check(ctx: RunContext) -> None:
+    """The measures and the RSA variant are known names, before anything runs."""
+    check_measures(ctx.config)
+
+
+def check_measures(config: AnalyzeConfig) -> None:
+    """Every ``measures`` entry and the ``rsa`` (rdm, compare) pair are in their registries."""
+    from tunescope.similarity import COMPARISONS, RDM_METHODS
+
+    for spec in config.measures:
+        parse_measure(spec)
+    if config.rsa is not None:
+        rdm, compare = config.rsa
+        if rdm not in RDM_METHODS:
+            raise UnknownNameError("RDM method", rdm, RDM_METHODS, hint="fix --rsa")
+        if compare not in COMPARISONS:
+            raise UnknownNameError("RDM comparison", compare, COMPARISONS, hint="fix --rsa")
+
+
 def min_examples(config: AnalyzeConfig) -> int:
     """The fewest examples every configured measure (and RSA, which needs 3) is defined for."""
     from tunescope.similarity import MEASURES
@@ -107,6 +126,7 @@ def min_examples(config: AnalyzeConfig) -> int:
 
 
 STAGE = Stage(
+    check=check,
     min_examples=min_examples,
     name="similarity",
     title="Layer similarity (CKA and RSA)",
