@@ -18,7 +18,7 @@ from tunescope.data import Examples, get_task
 from tunescope.data.tokens import TokenExamples
 from tunescope.errors import DataError, InputError, UnknownNameError
 from tunescope.finetune import FinetuneConfig, finetune
-from tunescope.metrics import evaluate
+from tunescope.inference import evaluate
 from tunescope.models import load_classifier
 from tunescope.testing.tiny import tiny_model
 

@@ -13,8 +13,9 @@ from tunescope.errors import TunescopeError
 from tunescope.extract import POOLINGS, Representations, extract
 from tunescope.finetune import FinetuneConfig, FinetuneResult
 from tunescope.finetune import finetune as finetune
+from tunescope.inference import evaluate
 from tunescope.layerstats import layer_statistics
-from tunescope.metrics import compute_metric, evaluate
+from tunescope.metrics import compute_metric
 from tunescope.models import Encoder, HeadGates, get_adapter, load_classifier, load_encoder, mask_heads
 from tunescope.pipeline import AnalyzeConfig, analyze
 from tunescope.report import build_report

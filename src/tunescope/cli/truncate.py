@@ -168,7 +168,7 @@ def evaluate_pair(
     before: Encoder, after: Encoder, examples: Examples, task: Task, batch_size: int, max_length: int
 ) -> tuple[float, float]:
     """The task metric of ``before`` and ``after`` on ``examples``."""
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
 
     values = []
     for model in (before, after):

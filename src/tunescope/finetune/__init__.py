@@ -74,7 +74,7 @@ import torch
 import transformers
 from torch import nn
 
-from tunescope import metrics as _m
+from tunescope import inference as _m
 from tunescope._io import apply_umask, atomic_dir, save_safetensors, temp_dir, write_json
 from tunescope._progress import track
 from tunescope.data.examples import Examples
@@ -88,6 +88,7 @@ from tunescope.errors import (
     UnknownNameError,
     UnsupportedArchitectureError,
 )
+from tunescope.metrics import score
 from tunescope.models.adapters import ArchitectureAdapter, get_adapter
 from tunescope.models.loading import (
     _CONFIG_ERRORS,
@@ -102,7 +103,7 @@ from tunescope.models.loading import (
 )
 
 if TYPE_CHECKING:
-    from tunescope.metrics import HeadKind
+    from tunescope.inference import HeadKind
 
 __all__ = ["ADAPTER_METHODS", "FinetuneConfig", "FinetuneResult", "finetune"]
 
@@ -805,7 +806,7 @@ def _validate(
         device=device,
         progress=progress,
     )
-    values = _m.score(labels.metrics, preds, gold)
+    values = score(labels.metrics, preds, gold)
     values.pop("n")
     return values
 

@@ -79,7 +79,7 @@ def ffn_cka(
         >>> sorted(cka), all(0 <= v <= 1 for v in cka.values())
         ([1, 2], True)
     """
-    from tunescope.metrics import max_length_for
+    from tunescope.inference import max_length_for
     from tunescope.similarity import StreamingCKA
 
     if batch_size < 1:
@@ -207,7 +207,7 @@ def _start_model(ctx: RunContext) -> Encoder:
 def _row(
     ctx: RunContext, name: str, layers: list[int], model: Encoder, result: FinetuneResult
 ) -> dict[str, Any]:
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
     from tunescope.surgery import count_parameters
 
     task = ctx.task

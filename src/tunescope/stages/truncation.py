@@ -70,7 +70,7 @@ def truncation_sweep(
         ([3, 2, 1], 'accuracy')
     """
     from tunescope._progress import track
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
     from tunescope.surgery import count_parameters, truncate
 
     n_batches = max(1, -(-len(examples) // batch_size))
