@@ -24,8 +24,8 @@ from tunescope.testing.tiny import tiny_model
 
 pytestmark = pytest.mark.models
 
-# `tunescope.finetune` may be re-exported as the function; the module is what tests patch
-ft = importlib.import_module("tunescope.finetune")
+# the training loop looks its steps up in tunescope.finetune.loop, so that is where tests patch them
+ft = importlib.import_module("tunescope.finetune.loop")
 
 POSITIVE = "good great excellent best better fine nice love loved like liked enjoy enjoyed fun funny".split()
 NEGATIVE = "bad terrible awful worst worse poor boring sad hate hated never not no too little".split()
