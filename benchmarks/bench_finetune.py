@@ -44,7 +44,7 @@ from benchmarks._common import markdown_table, save, timed
 from tunescope.data import Examples, Task, get_task
 from tunescope.ffn import choose_ffn_layers, default_count, ffn_cka
 from tunescope.finetune import FinetuneConfig, FinetuneResult, finetune
-from tunescope.metrics import evaluate
+from tunescope.inference import evaluate
 from tunescope.models import Encoder, load_classifier, load_encoder
 from tunescope.surgery import count_parameters, remove_ffn, truncate
 

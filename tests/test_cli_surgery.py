@@ -15,7 +15,7 @@ from tunescope._io import read_csv
 from tunescope.cli.main import main
 from tunescope.data import get_task
 from tunescope.data.conllu import load_conllu
-from tunescope.metrics import evaluate
+from tunescope.inference import evaluate
 from tunescope.models import from_model, load_classifier
 from tunescope.surgery import count_parameters, remove_ffn, truncate
 from tunescope.testing.tiny import save_model, tiny_model

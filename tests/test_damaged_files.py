@@ -27,7 +27,7 @@ from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
-ft = importlib.import_module("tunescope.finetune")  # the module, which tests patch
+ft = importlib.import_module("tunescope.finetune.loop")  # the loop looks its steps up there: tests patch it
 
 
 # --- ways a file gets damaged -------------------------------------------------------------------

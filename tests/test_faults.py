@@ -461,7 +461,7 @@ def test_ctrl_c_records_the_stage_and_resumes(cli: Cli, assets: Path, tmp_path: 
 def test_ctrl_c_during_fine_tuning(cli: Cli, assets: Path, tmp_path: Path) -> None:
     argv = ["finetune", f"{assets}/model", "--task", "movie-sentiment", "--train-limit", "16",
             "--validation-limit", "8", "--epochs", "2", "--out", "ft", *FAST]
-    interrupt = {"patch": "tunescope.finetune:_validate", "when": 2, "action": "sigint_before"}
+    interrupt = {"patch": "tunescope.finetune.loop:_validate", "when": 2, "action": "sigint_before"}
     run = cli.run(*argv, cwd=tmp_path, faults=(interrupt,))
     assert run.rc == 130 and run.err_lines[-1].startswith("interrupted:"), run.err
     again = cli.run(*argv, cwd=tmp_path)

@@ -18,14 +18,14 @@ from tunescope.data import Examples, get_task
 from tunescope.data.tokens import TokenExamples
 from tunescope.errors import DataError, InputError, UnknownNameError
 from tunescope.finetune import FinetuneConfig, finetune
-from tunescope.metrics import evaluate
+from tunescope.inference import evaluate
 from tunescope.models import load_classifier
 from tunescope.testing.tiny import tiny_model
 
 pytestmark = pytest.mark.models
 
-# `tunescope.finetune` may be re-exported as the function; the module is what tests patch
-ft = importlib.import_module("tunescope.finetune")
+# the training loop looks its steps up in tunescope.finetune.loop, so that is where tests patch them
+ft = importlib.import_module("tunescope.finetune.loop")
 
 POSITIVE = "good great excellent best better fine nice love loved like liked enjoy enjoyed fun funny".split()
 NEGATIVE = "bad terrible awful worst worse poor boring sad hate hated never not no too little".split()

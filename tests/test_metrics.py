@@ -13,7 +13,8 @@ from sklearn import metrics as skm
 from tunescope.data import Examples
 from tunescope.data.tokens import TokenExamples
 from tunescope.errors import DataError, InputError, MeasureError, UnknownNameError
-from tunescope.metrics import METRICS, compute_metric, evaluate
+from tunescope.inference import evaluate
+from tunescope.metrics import METRICS, compute_metric
 from tunescope.models import from_model
 from tunescope.testing.tiny import tiny_model, tiny_tokenizer
 

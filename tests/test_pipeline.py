@@ -102,7 +102,7 @@ def test_two_models_measures_and_rsa(tmp_path, tiny_folder, tmp_path_factory):
 
 
 def test_truncation_curve_of_a_tuned_classifier(tmp_path, tiny_folder, tmp_path_factory):
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
     from tunescope.models import load_classifier
     from tunescope.surgery import count_parameters, truncate
 
@@ -143,7 +143,7 @@ def test_analyze_fine_tunes_the_base_model_once(tmp_path, tiny_folder, monkeypat
     import importlib
 
     finetune_module = importlib.import_module("tunescope.finetune")
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
     from tunescope.models import load_classifier
     from tunescope.surgery import truncate
 

@@ -8,7 +8,7 @@ import torch
 from tunescope._io import read_csv
 from tunescope.data import get_task
 from tunescope.errors import InputError, UnsupportedArchitectureError
-from tunescope.metrics import evaluate, max_length_for
+from tunescope.inference import evaluate, max_length_for
 from tunescope.models import load_classifier, load_encoder
 from tunescope.pipeline import AnalyzeConfig, RunContext, analyze, read_manifest
 from tunescope.similarity import linear_cka

@@ -106,7 +106,7 @@ def test_variability_table_matches_reference_and_selection(tmp_path, tiny_folder
 
 
 def test_selection_experiment_trains_three_strategies(tmp_path, tiny_folder, small_sst2):
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
     from tunescope.models import load_classifier
 
     config = _config(

@@ -25,7 +25,7 @@ _LAZY = {
     "FinetuneResult": "tunescope.finetune",
     "layer_statistics": "tunescope.layerstats",
     "compute_metric": "tunescope.metrics",
-    "evaluate": "tunescope.metrics",
+    "evaluate": "tunescope.inference",
     "Encoder": "tunescope.models",
     "HeadGates": "tunescope.models",
     "get_adapter": "tunescope.models",
@@ -41,8 +41,9 @@ if TYPE_CHECKING:
     from tunescope.data import TASKS, Examples, Task, get_task, load_file
     from tunescope.extract import POOLINGS, Representations, extract
     from tunescope.finetune import FinetuneConfig, FinetuneResult
+    from tunescope.inference import evaluate
     from tunescope.layerstats import layer_statistics
-    from tunescope.metrics import compute_metric, evaluate
+    from tunescope.metrics import compute_metric
     from tunescope.models import Encoder, HeadGates, get_adapter, load_classifier, load_encoder, mask_heads
     from tunescope.pipeline import AnalyzeConfig, analyze
     from tunescope.report import build_report

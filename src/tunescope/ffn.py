@@ -58,7 +58,7 @@ def ffn_cka(
         >>> sorted(cka), all(0 <= v <= 1 for v in cka.values())
         ([1, 2], True)
     """
-    from tunescope.metrics import max_length_for
+    from tunescope.inference import max_length_for
     from tunescope.similarity import StreamingCKA
 
     if batch_size < 1:

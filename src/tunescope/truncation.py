@@ -39,7 +39,7 @@ def truncation_sweep(
     """The task metric of ``tuned`` cut after layer k, for k = L..1, without retraining.
 
     Each row is the evaluation of :func:`tunescope.surgery.truncate` ``(tuned, k)`` on ``examples``
-    with the task's primary metric (:func:`tunescope.metrics.evaluate`); ``seconds_per_batch`` is that
+    with the task's primary metric (:func:`tunescope.inference.evaluate`); ``seconds_per_batch`` is that
     evaluation's wall-clock time (tokenisation, forward passes, scoring) divided by the number of
     batches, after one untimed warm-up batch.
 
@@ -68,7 +68,7 @@ def truncation_sweep(
         ([3, 2, 1], 'accuracy')
     """
     from tunescope._progress import track
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
     from tunescope.surgery import count_parameters, truncate
 
     n_batches = max(1, -(-len(examples) // batch_size))
@@ -142,7 +142,7 @@ def evaluate_pair(
 ) -> tuple[float, float]:
     """The task metric of ``before`` and ``after`` (e.g. a model and its truncated copy) on ``examples``.
 
-    Both are scored with :func:`tunescope.metrics.evaluate` and the task's primary metric, each where
+    Both are scored with :func:`tunescope.inference.evaluate` and the task's primary metric, each where
     its weights are.
 
     Args:
@@ -169,7 +169,7 @@ def evaluate_pair(
         >>> 0 <= full <= 1 and 0 <= cut <= 1
         True
     """
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
 
     values = []
     for model in (before, after):

@@ -69,7 +69,7 @@ def run(ctx: RunContext) -> list[Table]:
     if not ctx.has_classifier("ablation"):
         return []
     from tunescope._progress import track
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
     from tunescope.surgery import reinit_layers, restore_layers
 
     task = ctx.task

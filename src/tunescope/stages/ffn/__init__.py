@@ -18,7 +18,7 @@ and task:
    ``ffn_removed`` is the pre-trained model with those FFNs removed
    (:func:`tunescope.surgery.remove_ffn`), fine-tuned the same way from the same seeded head into
    ``RUN/models/ffn-removed`` (the removal is recorded in its config, so it loads back without them).
-3. **Evaluate both** on the analysis split with :func:`tunescope.metrics.evaluate`, as the
+3. **Evaluate both** on the analysis split with :func:`tunescope.inference.evaluate`, as the
    ``truncation`` and ``ablation`` stages do, so the three tables compare.
 
 Writes ``ffn_cka.csv`` (``layer, cka, chosen``) and ``ffn.csv`` (``model, ffn_removed_layers, metric,
@@ -66,7 +66,7 @@ def _start_model(ctx: RunContext) -> Encoder:
 def _row(
     ctx: RunContext, name: str, layers: list[int], model: Encoder, result: FinetuneResult
 ) -> dict[str, Any]:
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
     from tunescope.surgery import count_parameters
 
     task = ctx.task

@@ -76,7 +76,7 @@ def run(ctx: RunContext) -> list[Table]:
         ("top", n_layers, ",".join(map(str, top)), ctx.train("select-top", train_layers=top)),
         ("full", n_layers, "all", ctx.train("tuned" if ctx.config.tuned is None else "full")),
     ]
-    from tunescope.metrics import evaluate
+    from tunescope.inference import evaluate
     from tunescope.models import load_classifier
 
     task = ctx.task
