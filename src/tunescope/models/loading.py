@@ -332,14 +332,20 @@ def _json_kind(value: Any) -> str:
     return "a string" if isinstance(value, str) else "a number"
 
 
-def _read_json_object(path: pathlib.Path, fix: str) -> dict[str, Any]:
-    """The JSON object in ``path``; any damage is a :class:`ModelLoadError` naming the file and ``fix``."""
+def _read_nonempty(path: pathlib.Path, fix: str) -> bytes:
+    """The bytes of ``path``; unreadable or empty is a :class:`ModelLoadError` naming the file and ``fix``."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ModelLoadError(f"{path} is unreadable ({_first_line(exc)}); check its permissions") from exc
     if not data.strip():
         raise ModelLoadError(f"{path} is unreadable (the file is empty); {fix}")
+    return data
+
+
+def _read_json_object(path: pathlib.Path, fix: str) -> dict[str, Any]:
+    """The JSON object in ``path``; any damage is a :class:`ModelLoadError` naming the file and ``fix``."""
+    data = _read_nonempty(path, fix)
     try:
         value = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -603,12 +609,7 @@ def _check_config(folder: pathlib.Path) -> None:
 
 
 def _check_text_file(path: pathlib.Path, fix: str) -> None:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{path} is unreadable ({_first_line(exc)}); check its permissions") from exc
-    if not data.strip():
-        raise ModelLoadError(f"{path} is unreadable (the file is empty); {fix}")
+    data = _read_nonempty(path, fix)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
