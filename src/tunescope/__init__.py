@@ -32,6 +32,7 @@ _LAZY = {
     "load_classifier": "tunescope.models",
     "load_encoder": "tunescope.models",
     "mask_heads": "tunescope.models",
+    "resolve_device": "tunescope.models",
     "AnalyzeConfig": "tunescope.pipeline",
     "analyze": "tunescope.pipeline",
     "build_report": "tunescope.report",
@@ -44,7 +45,15 @@ if TYPE_CHECKING:
     from tunescope.inference import evaluate
     from tunescope.layerstats import layer_statistics
     from tunescope.metrics import compute_metric
-    from tunescope.models import Encoder, HeadGates, get_adapter, load_classifier, load_encoder, mask_heads
+    from tunescope.models import (
+        Encoder,
+        HeadGates,
+        get_adapter,
+        load_classifier,
+        load_encoder,
+        mask_heads,
+        resolve_device,
+    )
     from tunescope.pipeline import AnalyzeConfig, analyze
     from tunescope.report import build_report
 
@@ -84,6 +93,7 @@ __all__ = [
     "get_adapter",
     "HeadGates",
     "mask_heads",
+    "resolve_device",
     # data
     "Task",
     "Examples",

@@ -324,9 +324,9 @@ def evaluate(
     model = encoder.model
     config: Any = model.config
     if device is not None:
-        from tunescope.models.loading import _resolve_device
+        from tunescope.models.loading import resolve_device
 
-        model.to(_resolve_device(device))  # type: ignore[arg-type]
+        model.to(resolve_device(device))  # type: ignore[arg-type]
     target = next(model.parameters()).device
     rows = features(encoder.tokenizer, examples, max_length_for(encoder.tokenizer, config, max_length))
     if not rows:

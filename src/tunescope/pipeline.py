@@ -27,6 +27,7 @@ import torch
 
 from tunescope import runfolder
 from tunescope.errors import InputError, RunFolderError, UnknownNameError
+from tunescope.models.loading import resolve_device
 from tunescope.runfolder import MANIFEST, read_manifest
 
 if TYPE_CHECKING:
@@ -221,20 +222,6 @@ def ordered(names: Iterable[str] | None = None) -> list[str]:
         result.append(ready)
         chosen.remove(ready)
     return result
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(
-            "--device cuda was asked for but no CUDA device is available; use --device cpu or auto"
-        )
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda") from None
 
 
 class RunContext:

@@ -152,9 +152,9 @@ def finetune(
         >>> result.metric, result.best_epoch in (1, 2), (result.path / "config.json").is_file()
         ('accuracy', True, True)
     """
-    from tunescope.models.loading import _resolve_device
+    from tunescope.models.loading import resolve_device
 
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     _check_config(config)
     task_obj = _resolve_task(task)
     train_ex, val_ex, labels = _checked_data(

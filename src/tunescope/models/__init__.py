@@ -19,6 +19,7 @@ from tunescope.models.loading import (
     load_trained_classifier,
     model_fingerprint,
     require_classifier,
+    resolve_device,
 )
 from tunescope.models.saved_surgery import REMOVED_FFN_KEY, apply_saved_surgery, removed_ffn_layers
 
@@ -35,6 +36,7 @@ __all__ = [
     "from_model",
     "get_adapter",
     "load_classifier",
+    "resolve_device",
     "load_encoder",
     "load_trained_classifier",
     "mask_heads",

@@ -686,16 +686,31 @@ _CONFIG_ERRORS: tuple[type[Exception], ...] = (
 """What ``AutoConfig.from_pretrained`` raises on a missing, unreachable or invalid config."""
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The one place a device name is resolved: ``auto`` -> CUDA when available, else CPU; ``cpu``,
+    ``cuda``, ``cuda:N`` (or a :class:`torch.device`) as given, checked.
+
+    Raises:
+        InputError: an unknown name, or CUDA asked for where there is none.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (--device)") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for but CUDA is not available; use cpu or auto")
+        raise InputError(
+            f"device {device!r} asked for but CUDA is not available; use cpu or auto (--device)"
+        )
     return resolved
+
+
+_resolve_device = resolve_device  # the name modules used before it was public
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
