@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -281,6 +282,8 @@ def test_default_analyze_on_embedded_model(tmp_path, one_thread):
         for name in tables:
             shutil.copy(root / "results" / name, GOLDEN / name)
     assert tables == sorted(p.name for p in GOLDEN.glob("*.csv"))
+    if importlib.util.find_spec("spacy") is None:  # the transformers-4 venv: probes fall back, no silver POS
+        tables.remove("probes.csv")
     for name in tables:
         got, want = read_csv(root / "results" / name), read_csv(GOLDEN / name)
         assert len(got) == len(want) and (not got or list(got[0]) == list(want[0])), name
