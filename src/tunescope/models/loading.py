@@ -710,8 +710,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-_resolve_device = resolve_device  # the name modules used before it was public
-
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
@@ -732,7 +730,7 @@ def _load(
     model_kwargs: dict[str, Any],
 ) -> Encoder:
     source = _resolve(name_or_path)
-    torch_device = _resolve_device(device)
+    torch_device = resolve_device(device)
     torch_dtype = _resolve_dtype(dtype)
     if source.folder is not None:
         _check_config(source.folder)
