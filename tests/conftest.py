@@ -7,12 +7,17 @@ session-scoped ``minilm``, which is loaded once: do not modify it (``copy.deepco
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 import torch
 
 from tunescope.models import Encoder, load_encoder
 from tunescope.testing.tiny import FAMILIES, tiny_model
+
+# Every entry point defaults to device "auto" (CUDA when available); the tests compare against CPU
+# float64 references, so "auto" means the CPU here, and the tests marked ``gpu`` ask for CUDA by name.
+os.environ.setdefault("TUNESCOPE_DEVICE", "cpu")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -9,14 +9,7 @@ from tunescope.errors import MeasureError
 from tunescope.similarity import cka_matrix, find_blocks
 from tunescope.testing import reference as ref
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one thread is as fast, and immune to a busy machine's thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted_matrix(

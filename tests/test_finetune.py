@@ -22,7 +22,7 @@ from tunescope.inference import evaluate
 from tunescope.models import load_classifier
 from tunescope.testing.tiny import tiny_model
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
 # the training loop looks its steps up in tunescope.finetune.loop, so that is where tests patch them
 ft = importlib.import_module("tunescope.finetune.loop")
@@ -32,15 +32,6 @@ NEGATIVE = "bad terrible awful worst worse poor boring sad hate hated never not 
 FILLER = "the a film movie story plot actor scene music ending year day people man woman".split()
 SUBWORDS = ["zzq", "qqx", "xzq", "vvk"]  # not in the tiny vocabulary: several sub-tokens each
 FAST = {"learning_rate": 1e-2, "batch_size": 16, "warmup_ratio": 0.1, "max_length": 32}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and far faster than on two busy shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- synthetic tasks ----------------------------------------------------------------------------

@@ -10,6 +10,8 @@ from tunescope.errors import MeasureError
 from tunescope.similarity import COMPARISONS, RDM_METHODS, cka_matrix, rdm, rsa
 from tunescope.testing import reference as ref
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # our compare name -> rsatoolbox.rdm.compare(method=...)
 RSATOOLBOX_COMPARE = {
     "spearman": "spearman",
@@ -20,15 +22,6 @@ RSATOOLBOX_COMPARE = {
     "rho_a": "rho-a",
     "cosine": "cosine",
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one thread is as fast, and immune to a busy machine's thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def data(seed: int, n: int = 14, ties: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

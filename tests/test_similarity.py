@@ -30,17 +30,10 @@ from tunescope.similarity import (
 )
 from tunescope.testing import reference as ref
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 F64 = {"rtol": 0.0, "atol": 1e-10}
 F32 = {"rtol": 0.0, "atol": 1e-6}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one thread is as fast, and immune to a busy machine's thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def layers(seed: int, n: int = 60, dims: tuple[int, ...] = (12, 12, 9), dtype: torch.dtype = torch.float64):

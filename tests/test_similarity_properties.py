@@ -20,16 +20,9 @@ from tunescope.similarity import (
     svcca,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SEEDS = [0, 1, 2]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one thread is as fast, and immune to a busy machine's thread contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 EXACT = {"rtol": 0.0, "atol": 1e-10}

@@ -12,7 +12,6 @@ from tunescope.models import load_encoder
 from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
 from tunescope.similarity import linear_cka, rsa
 from tunescope.stages.domains import COLUMNS, default_ood_tasks, ood_tasks
-from tunescope.stages.domains.section import layer_spans
 from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
@@ -46,7 +45,6 @@ def test_default_ood_tasks_are_the_other_vader_domains():
     assert ood_tasks("movie-sentiment", ["NYT-Sentiment", "nyt-sentiment"]) == ("nyt-sentiment",)
     with pytest.raises(InputError, match="the analysed task itself"):
         ood_tasks("movie-sentiment", ["movie-sentiment"])
-    assert layer_spans([5, 1, 2, 3]) == "1–3, 5"
 
 
 def test_values_equal_linear_cka_and_rsa_on_each_domain(tmp_path, base_folder, tuned_folder):

@@ -17,7 +17,7 @@ from tunescope.errors import InputError, ModelLoadError
 from tunescope.models import Encoder, load_classifier
 from tunescope.testing.tiny import FAMILIES, tiny_config, tiny_model
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
 TEXTS = ["a good film", "the story was boring and the acting was even worse", "I loved it!"]
 
@@ -25,15 +25,6 @@ TEXTS = ["a good film", "the story was boring and the acting was even worse", "I
 def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """Equal up to float32 rounding of a reordered computation."""
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (several threads spin against each other on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _batch(enc: Encoder) -> dict[str, torch.Tensor]:

@@ -163,7 +163,7 @@ def extract(
     encoder: Encoder,
     texts: Sequence[str] | Examples,
     *,
-    pooling: Pooling | str = "cls",
+    pooling: Pooling | str = "mean",
     layers: Sequence[int] | None = None,
     text_pairs: Sequence[str] | None = None,
     labels: Sequence[Any] | np.ndarray | None = None,

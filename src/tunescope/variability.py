@@ -32,6 +32,7 @@ from torch import Tensor
 from tunescope._labels import row_labels
 from tunescope.errors import DataError, InputError, MeasureError
 from tunescope.extract import Representations
+from tunescope.locations import format_layers
 from tunescope.similarity._validate import as_matrix
 
 __all__ = ["variability", "layer_variability", "VariabilityStats", "LayerSelection", "select_layers"]
@@ -390,9 +391,9 @@ def select_layers(variability: Mapping[int, float], budget: int) -> LayerSelecti
     dropped = tuple(layer for layer in sorted(values) if layer > best)
     reason = (
         f"layer {best} has the lowest variability ({values[best]:.3g}) of layers "
-        f"{candidates[0]}..{candidates[-1]}: put the classifier on it"
-        + (f", drop layers {dropped[0]}..{dropped[-1]}" if dropped else "")
-        + f" and tune the {len(adapt)} layer{'s' if len(adapt) > 1 else ''} {adapt[0]}..{adapt[-1]}"
+        f"{format_layers(candidates)}: put the classifier on it"
+        + (f", drop layers {format_layers(dropped)}" if dropped else "")
+        + f" and tune the {len(adapt)} layer{'s' if len(adapt) > 1 else ''} {format_layers(adapt)}"
         + (f" (budget {budget}; only {len(adapt)} exist up to layer {best})" if len(adapt) < budget else "")
     )
     return LayerSelection(best, adapt, dropped, reason)

@@ -116,17 +116,10 @@ def rsa_option(value: str) -> tuple[str, str] | None:
 
 
 def layer_list(value: str | None, option: str) -> tuple[int, ...] | None:
-    """``"4,5,6"`` -> (4, 5, 6); ``"none"`` -> () (no layer); ``None`` stays ``None``."""
-    if value is None:
-        return None
-    if value.strip().lower() == "none":
-        return ()
-    try:
-        return tuple(int(x) for x in value.split(",") if x.strip())
-    except ValueError:
-        raise InputError(
-            f"{option} takes comma-separated layer numbers such as 4,5,6; got {value!r}"
-        ) from None
+    """A layer-set option (``"1-3,5"``, ``"4,5,6"``, ``"none"`` -> ()); ``None`` stays ``None``."""
+    from tunescope.locations import parse_layers
+
+    return parse_layers(value, option=option)
 
 
 def name_list(value: str | None) -> tuple[str, ...] | None:

@@ -18,7 +18,7 @@ def extract(
         "reps.safetensors"
     ),
     task: opt.Task = None,
-    pooling: Annotated[str, typer.Option("--pooling", help="cls, mean or tokens.")] = "cls",
+    pooling: Annotated[str, typer.Option("--pooling", help="mean, cls or tokens.")] = "mean",
     word_pooling: Annotated[
         str, typer.Option("--word-pooling", help="first or mean sub-token (tokens).")
     ] = "first",
@@ -49,9 +49,9 @@ def extract(
     import torch
 
     from tunescope._io import check_output_dir, check_output_file
-    from tunescope.errors import InputError
     from tunescope.extract import POOLINGS
     from tunescope.extract import extract as run_extract
+    from tunescope.locations import parse_layers
     from tunescope.models import load_encoder
     from tunescope.pipeline import resolve_device
 
@@ -62,10 +62,8 @@ def extract(
         from tunescope.errors import UnknownNameError
 
         raise UnknownNameError("pooling", pooling, POOLINGS)
-    try:
-        wanted = [int(x) for x in layers.split(",")] if layers else None
-    except ValueError:
-        raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from None
+    chosen = parse_layers(layers, option="--layers", first=0) if layers else None
+    wanted = list(chosen) if chosen is not None else None
     torch.manual_seed(seed)
     examples = opt.load_examples(
         task, data, text=text, text_pair=text_pair, label=label, split=split, data_dir=data_dir,

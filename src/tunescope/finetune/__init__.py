@@ -101,7 +101,7 @@ def finetune(
     data_dir: str | os.PathLike[str] | None = None,
     train_limit: int | None = None,
     validation_limit: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     progress: bool = True,
 ) -> FinetuneResult:
     """Fine-tune an encoder on a task and save the (best) model as a Hugging Face folder.

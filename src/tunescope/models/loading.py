@@ -687,8 +687,9 @@ _CONFIG_ERRORS: tuple[type[Exception], ...] = (
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """The one place a device name is resolved: ``auto`` -> CUDA when available, else CPU; ``cpu``,
-    ``cuda``, ``cuda:N`` (or a :class:`torch.device`) as given, checked.
+    """The one place a device name is resolved: ``auto`` (every entry point's default) -> the device
+    named by the environment variable ``TUNESCOPE_DEVICE`` when it is set, else CUDA when available,
+    else CPU; ``cpu``, ``cuda``, ``cuda:N`` (or a :class:`torch.device`) as given, checked.
 
     Raises:
         InputError: an unknown name, or CUDA asked for where there is none.
@@ -698,6 +699,12 @@ def resolve_device(device: str | torch.device) -> torch.device:
         device(type='cpu')
     """
     if str(device) == "auto":
+        chosen = os.environ.get("TUNESCOPE_DEVICE", "").strip()
+        if chosen and chosen != "auto":
+            try:
+                return resolve_device(chosen)
+            except InputError as err:
+                raise InputError(f"TUNESCOPE_DEVICE: {err}; fix or unset the variable") from None
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
@@ -801,7 +808,7 @@ def _check_vocab(tokenizer: Any, rows: int, name: str) -> None:
 def load_encoder(
     name_or_path: str | os.PathLike[str] | None = None,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = None,
 ) -> Encoder:
@@ -810,7 +817,8 @@ def load_encoder(
     Args:
         name_or_path: A folder written by ``save_pretrained``, a hub id (fetched when online, read from
             the hub cache when ``HF_HUB_OFFLINE=1``), or ``None`` for the embedded all-MiniLM-L6-v2.
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` or a ``torch.device``.
+        device: ``"auto"`` (the default: see :func:`resolve_device`), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
+            ``torch.device``.
         dtype: ``torch.float32`` (or its name), ``"auto"`` for the checkpoint's dtype, or ``None`` for
             transformers' default.
         attn_implementation: ``"eager"`` when attention weights are needed (transformers' default
@@ -841,7 +849,7 @@ def load_classifier(
     *,
     num_labels: int | None = None,
     problem_type: str | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = None,
 ) -> Encoder:
@@ -925,7 +933,7 @@ def require_classifier(
 
 
 def load_trained_classifier(
-    source: str | os.PathLike[str], *, device: str | torch.device = "cpu", purpose: str = "this step"
+    source: str | os.PathLike[str], *, device: str | torch.device = "auto", purpose: str = "this step"
 ) -> Encoder:
     """Load a fine-tuned sequence classifier, refusing a checkpoint whose head would be random.
 

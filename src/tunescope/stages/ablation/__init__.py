@@ -21,25 +21,12 @@ value, delta`` (``layers`` is ``"3"`` or ``"4-6"``, empty for ``none``; ``delta 
 
 from __future__ import annotations
 
+from tunescope.locations import format_layers
 from tunescope.pipeline import RunContext, Stage, Table
 
-__all__ = ["COLUMNS", "ablations", "layer_span"]
+__all__ = ["COLUMNS", "ablations"]
 
 COLUMNS = ("ablation", "layers", "metric", "value", "delta")
-
-
-def layer_span(layers: list[int]) -> str:
-    """``[3]`` -> ``"3"``, ``[4, 5, 6]`` -> ``"4-6"`` (a contiguous run), ``[]`` -> ``""``.
-
-    Example:
-        >>> layer_span([3]), layer_span([4, 5, 6]), layer_span([])
-        ('3', '4-6', '')
-    """
-    if not layers:
-        return ""
-    if len(layers) == 1:
-        return str(layers[0])
-    return f"{layers[0]}-{layers[-1]}"
 
 
 def ablations(n_layers: int, *, shared: bool = False) -> list[tuple[str, list[int]]]:
@@ -50,7 +37,7 @@ def ablations(n_layers: int, *, shared: bool = False) -> list[tuple[str, list[in
         shared: the family shares one layer module across positions (ALBERT): only all layers at once.
 
     Example:
-        >>> [f"{a}:{layer_span(ls)}" for a, ls in ablations(2)]
+        >>> [f"{a}:{format_layers(ls)}" for a, ls in ablations(2)]
         ['none:', 'restore:1', 'restore:2', 'reinit:1', 'reinit:2', 'restore_top:2', 'restore_top:1-2']
     """
     every = list(range(1, n_layers + 1))
@@ -105,7 +92,7 @@ def run(ctx: RunContext) -> list[Table]:
         rows.append(
             {
                 "ablation": kind,
-                "layers": layer_span(layers),
+                "layers": format_layers(layers),
                 "metric": task.metric,
                 "value": value,
                 "delta": value - reference,

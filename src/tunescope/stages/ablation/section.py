@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunescope.locations import format_layers, parse_layers
 from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 
@@ -15,14 +16,17 @@ _LABELS = {
 }
 
 
-def _first_last(span: str) -> tuple[int, int]:
-    """``"3"`` -> (3, 3), ``"4-6"`` -> (4, 6)."""
-    first, _, last = span.partition("-")
-    return int(first), int(last or first)
+def _layers(text: str) -> tuple[int, ...]:
+    """The ``layers`` cell of a row: ``"3"`` -> (3,), ``"4-6"`` -> (4, 5, 6), ``""`` -> ()."""
+    return parse_layers(text, option="the ablation table's layers") or ()
 
 
-def _layers_text(first: int, last: int) -> str:
-    return f"layer {first}" if first == last else f"layers {first}–{last}"
+def _first(text: str) -> int:
+    return min(_layers(text), default=0)
+
+
+def _layers_text(layers: tuple[int, ...]) -> str:
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {format_layers(layers)}"
 
 
 def _cost(points: float, metric: str = "") -> str:
@@ -38,20 +42,18 @@ def _sentence(rows: list[dict[str, Any]], metric: str) -> str:
         return -100 * float(row["delta"])
 
     def single(kind: str) -> list[dict[str, Any]]:
-        return [r for r in rows if r["ablation"] == kind and "-" not in r["layers"]]
+        return [r for r in rows if r["ablation"] == kind and len(_layers(r["layers"])) == 1]
 
     top = [r for r in rows if r["ablation"] == "restore_top"]
     parts = []
     if top:
         # the most layers, from the top, that go back to pre-trained weights for at most 1 point
         cheap = [r for r in top if cost(r) <= 1.0]
-        shallowest = min(top, key=lambda r: -_first_last(r["layers"])[0])  # layer L alone
-        chosen = min(cheap, key=lambda r: _first_last(r["layers"])[0]) if cheap else shallowest
-        first, last = _first_last(chosen["layers"])
+        shallowest = min(top, key=lambda r: -_first(r["layers"]))  # layer L alone
+        chosen = min(cheap, key=lambda r: _first(r["layers"])) if cheap else shallowest
         lead = "Resetting" if cheap else "Even resetting"
-        parts.append(
-            f"{lead} {_layers_text(first, last)} to pre-trained weights {_cost(cost(chosen), metric)}"
-        )
+        what = _layers_text(_layers(chosen["layers"]))
+        parts.append(f"{lead} {what} to pre-trained weights {_cost(cost(chosen), metric)}")
     restores, reinits = single("restore"), single("reinit")
     if restores:
         worst = max(restores, key=cost)
@@ -71,7 +73,7 @@ def _sentence(rows: list[dict[str, Any]], metric: str) -> str:
     if not parts:  # ALBERT: only all layers at once
         verbs = {"restore": "restoring", "reinit": "re-initialising", "restore_top": "restoring"}
         parts = [
-            f"{verbs.get(r['ablation'], r['ablation'])} {_layers_text(*_first_last(r['layers']))} "
+            f"{verbs.get(r['ablation'], r['ablation'])} {_layers_text(_layers(r['layers']))} "
             f"{_cost(cost(r), metric)}"
             for r in rows
             if r["ablation"] != "none"
@@ -84,14 +86,14 @@ def build(sec: Section) -> dict[str, Any] | None:
     rows: list[dict[str, Any]] = list(sec.table("ablation"))
     if not rows:
         return None
-    rows.sort(key=lambda r: (_ORDER.get(r["ablation"], 9), _first_last(r["layers"] or "0")[0]))
+    rows.sort(key=lambda r: (_ORDER.get(r["ablation"], 9), _first(r["layers"])))
     metric = rows[0]["metric"]
     curves: dict[str, tuple[list[int], list[float]]] = {}
     for kind, label in _LABELS.items():
         points = [
-            (_first_last(r["layers"])[0], 100 * float(r["delta"]))
+            (_first(r["layers"]), 100 * float(r["delta"]))
             for r in rows
-            if r["ablation"] == kind and (kind == "restore_top" or "-" not in r["layers"])
+            if r["ablation"] == kind and (kind == "restore_top" or len(_layers(r["layers"])) == 1)
         ]
         if points:
             points.sort()

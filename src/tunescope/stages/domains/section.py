@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from tunescope.locations import format_layers
 from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 
@@ -27,17 +27,6 @@ def measure_label(measure: str, short: bool = False) -> str:
     return measure
 
 
-def layer_spans(layers: Sequence[int]) -> str:
-    """``[1, 2, 3, 5]`` -> ``"1–3, 5"``."""
-    spans: list[list[int]] = []
-    for layer in sorted(layers):
-        if spans and layer == spans[-1][-1] + 1:
-            spans[-1].append(layer)
-        else:
-            spans.append([layer])
-    return ", ".join(f"{s[0]}–{s[-1]}" if len(s) > 1 else str(s[0]) for s in spans)
-
-
 def _gap(inside: Curve, outside: list[Curve]) -> tuple[list[int], list[float], list[float]]:
     """Shared layers, the in-domain values and the mean out-of-domain values there."""
     layers = [x for x in inside[0] if all(x in c[0] for c in outside)]
@@ -55,7 +44,7 @@ def _sentence(label: str, layers: list[int], own: list[float], mean: list[float]
         plural = "s" if len(more) > 1 else ""
         return (
             f"Fine-tuning changed in-domain inputs more than out-of-domain ones at layer{plural} "
-            f"{layer_spans(more)} {at}."
+            f"{format_layers(more)} {at}."
         )
     return (
         f"By {label}, fine-tuning did not change in-domain inputs more than out-of-domain ones at any layer "

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tunescope.ffn import check_ffn_layers, choose_ffn_layers, default_count, ffn_cka
+from tunescope.locations import format_layers
 from tunescope.pipeline import RunContext, Stage, Table
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def _row(
     )
     return {
         "model": name,
-        "ffn_removed_layers": ",".join(map(str, layers)),
+        "ffn_removed_layers": format_layers(layers),
         "metric": task.metric,
         "value": float(scores[task.metric]),
         "params": count_parameters(model),
@@ -103,7 +104,7 @@ def run(ctx: RunContext) -> list[Table]:
         if shared:
             ctx.note(
                 f"ffn: {base.family} shares one FFN across all layers, so no layer is chosen; pass "
-                f"--ffn-layers {','.join(map(str, range(1, n_layers + 1)))} to remove it everywhere."
+                f"--ffn.layers {format_layers(range(1, n_layers + 1))} to remove it everywhere."
             )
         else:
             layers = choose_ffn_layers(cka, default_count(n_layers))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunescope.locations import parse_layers
 from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves
 
@@ -28,7 +29,7 @@ def _sentence(cka: dict[int, float], rows: list[dict[str, str]], asked: bool) ->
         )
     full = next(r for r in rows if r["model"] == "full")
     removed = next(r for r in rows if r["model"] == "ffn_removed")
-    layers = [int(x) for x in removed["ffn_removed_layers"].split(",")]
+    layers = list(parse_layers(removed["ffn_removed_layers"], option="ffn.csv") or ())
     why = "as asked with --ffn-layers" if asked else "chosen where it changes the representation least"
     ckas = "/".join(f"{cka[layer]:.2f}" for layer in layers if layer in cka)
     points = 100 * (float(full["value"]) - float(removed["value"]))

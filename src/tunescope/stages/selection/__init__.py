@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tunescope.locations import format_layers, parse_layers
 from tunescope.pipeline import RunContext, Stage, Table, load_table
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ COLUMNS = (
 
 
 def _parse_layers(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+    return parse_layers(text, option="layer_selection.csv") or ()
 
 
 def run(ctx: RunContext) -> list[Table]:
@@ -70,10 +71,10 @@ def run(ctx: RunContext) -> list[Table]:
         (
             "variability",
             l_star,
-            ",".join(map(str, adapt)),
+            format_layers(adapt),
             by_variability,
         ),
-        ("top", n_layers, ",".join(map(str, top)), ctx.train("select-top", train_layers=top)),
+        ("top", n_layers, format_layers(top), ctx.train("select-top", train_layers=top)),
         ("full", n_layers, "all", ctx.train("tuned" if ctx.config.tuned is None else "full")),
     ]
     from tunescope.inference import evaluate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunescope.locations import format_layers, parse_layers
 from tunescope.report._section import Section
 
 #: metric differences smaller than this read as "level with"
@@ -11,14 +12,10 @@ TIE = 5e-4
 
 
 def _layers(text: str) -> str:
-    layers = [int(x) for x in text.split(",") if x.strip()]
+    layers = parse_layers(text, option="the selection table's trained_layers") or ()
     if not layers:
         return "no layer (the head alone)"
-    if len(layers) == 1:
-        return f"layer {layers[0]}"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"layers {layers[0]}–{layers[-1]}"
-    return "layers " + ", ".join(map(str, layers))
+    return f"layer {layers[0]}" if len(layers) == 1 else f"layers {format_layers(layers)}"
 
 
 def _versus(value: float, other: float, what: str) -> str:
@@ -34,7 +31,7 @@ def sentence(rows: dict[str, dict[str, str]]) -> str:
     chosen, top, full = rows["variability"], rows["top"], rows["full"]
     metric = chosen["metric"]
     value = float(chosen["value"])
-    n_top = len([x for x in top["trained_layers"].split(",") if x.strip()])
+    n_top = len(parse_layers(top["trained_layers"]) or ())
     top_name = "the top layer" if n_top == 1 else f"the top {n_top} layers"
     text = (
         f"Tuning only {_layers(chosen['trained_layers'])} with the classifier on layer "

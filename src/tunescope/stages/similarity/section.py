@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from tunescope.locations import format_layers
 from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves, plot_similarity_matrix
 
@@ -77,7 +78,7 @@ def build(sec: Section) -> dict[str, Any] | None:
         )
         figures.append(sec.figure(f"{measure}_{model_a}_vs_{model_b}".replace(":", "_"), fig))
         if same and found:
-            spans = ", ".join(f"{a}–{b}" if a != b else str(a) for a, b in found)
+            spans = "; ".join(format_layers(range(a, b + 1)) for a, b in found)
             adjacent = np.diag(matrix, 1)
             sentences.append(
                 f"{model_a}: by {label}, the layers fall into {len(found)} block(s) ({spans}); "

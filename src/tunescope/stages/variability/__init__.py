@@ -23,6 +23,7 @@ import numpy as np
 from torch import Tensor
 
 from tunescope.errors import DataError, MeasureError
+from tunescope.locations import format_layers
 from tunescope.pipeline import RunContext, Stage, Table
 from tunescope.variability import LayerSelection, layer_variability, select_layers
 
@@ -57,10 +58,6 @@ def selection_marks(selection: LayerSelection) -> dict[int, str]:
     marks.update({layer: "dropped" for layer in selection.dropped_layers})
     marks[selection.classifier_layer] = "classifier"
     return marks
-
-
-def _layers_text(layers: tuple[int, ...]) -> str:
-    return ",".join(map(str, layers))
 
 
 def run(ctx: RunContext) -> list[Table]:
@@ -110,8 +107,8 @@ def run(ctx: RunContext) -> list[Table]:
                     {
                         "budget": ctx.config.selection_budget,
                         "classifier_layer": selection.classifier_layer,
-                        "adapt_layers": _layers_text(selection.adapt_layers),
-                        "dropped_layers": _layers_text(selection.dropped_layers),
+                        "adapt_layers": format_layers(selection.adapt_layers),
+                        "dropped_layers": format_layers(selection.dropped_layers),
                         "reason": selection.reason,
                     }
                 ],
