@@ -67,8 +67,9 @@ def test_two_models_measures_and_rsa(tmp_path, tiny_folder, tmp_path_factory):
         tmp_path,
         tiny_folder,
         tuned=str(other),
-        measures=("linear_cka", "linear_cka:debiased"),
-        rsa=("cosine", "pearson"),
+        options={
+            "similarity": {"measures": ("linear_cka", "linear_cka:debiased"), "rsa": ("cosine", "pearson")}
+        },
         stages=("similarity",),
     )
     root = analyze(config, progress=False)
@@ -241,11 +242,12 @@ def test_bad_input(tmp_path, tiny_folder):
     with pytest.raises(UnknownNameError, match="unknown task"):
         analyze(_config(tmp_path, tiny_folder, task="not-a-task"), progress=False)
     with pytest.raises(UnknownNameError, match="not-a-task"):  # checked before fine-tuning starts
-        analyze(_config(tmp_path, tiny_folder, ood_tasks=("not-a-task",)), progress=False)
+        config = _config(tmp_path, tiny_folder, options={"domains": {"ood_tasks": ("not-a-task",)}})
+        analyze(config, progress=False)
     with pytest.raises(UnknownNameError, match="nope"):
-        analyze(_config(tmp_path, tiny_folder, probe_tasks=("nope",)), progress=False)
-    with pytest.raises(InputError, match="--budget"):
-        _config(tmp_path, tiny_folder, selection_budget=0)
+        analyze(_config(tmp_path, tiny_folder, options={"probes": {"tasks": ("nope",)}}), progress=False)
+    with pytest.raises(InputError, match="--variability.budget"):
+        _config(tmp_path, tiny_folder, options={"variability": {"budget": 0}})
     assert not (tmp_path / "run").exists()
     with pytest.raises(InputError, match="not a tunescope run folder"):
         build_report(tmp_path)
@@ -266,8 +268,7 @@ def test_default_analyze_on_embedded_model(tmp_path, one_thread):
         out=tmp_path / "demo",
         limit=64,
         train_limit=128,
-        probe_tasks=("pos",),
-        ood_tasks=("amazon-sentiment",),
+        options={"probes": {"tasks": ("pos",)}, "domains": {"ood_tasks": ("amazon-sentiment",)}},
         device="cpu",
     )
     root = analyze(config, progress=False)
@@ -314,26 +315,35 @@ BAD_FIELDS = {
     "max_length": 1,
     "device": "tpu",
     "stages": ("no-such-stage",),
-    "measures": ("no_such_measure",),
-    "rsa": ("no-such-rdm", "spearman"),
     "labels": ("same", "same"),
     "epochs": 0,
     "learning_rate": -1.0,
     "train_limit": 1,
-    "ffn_layers": (0,),
-    "selection_budget": 0,
-    "probe_tasks": ("no-such-probe",),
-    "conllu": "/no/such/file.conllu",
-    "ood_tasks": ("no-such-task",),
+    "options": {"no-such-stage": {}},
+}
+
+BAD_OPTIONS = {
+    "similarity.measures": ("no_such_measure",),
+    "similarity.rsa": ("no-such-rdm", "spearman"),
+    "ffn.layers": (0,),
+    "variability.budget": 0,
+    "probes.tasks": ("no-such-probe",),
+    "probes.conllu": "/no/such/file.conllu",
+    "domains.ood_tasks": ("no-such-task",),
 }
 
 
-@pytest.mark.parametrize("field", list(BAD_FIELDS))
+@pytest.mark.parametrize("field", list(BAD_FIELDS) + list(BAD_OPTIONS))
 def test_every_bad_field_raises_before_anything_is_written(tmp_path, tiny_folder, field):
     options = {"task": "sst2", "data_dir": "/no/such/glue"} if field == "data_dir" else {}
-    if field == "conllu":
-        options["probe_tasks"] = ("upos",)
-    options[field] = BAD_FIELDS[field]
+    if field in BAD_OPTIONS:
+        stage, name = field.split(".")
+        values = {name: BAD_OPTIONS[field]}
+        if field == "probes.conllu":
+            values["tasks"] = ("upos",)
+        options["options"] = {stage: values}
+    else:
+        options[field] = BAD_FIELDS[field]
     model = options.pop("model", tiny_folder)
     with pytest.raises(InputError):
         analyze(_config(tmp_path, model, **options), progress=False)
@@ -341,6 +351,12 @@ def test_every_bad_field_raises_before_anything_is_written(tmp_path, tiny_folder
 
 
 def test_bad_fields_cover_every_option():
-    import dataclasses as dc
+    from tunescope.options import specs
+    from tunescope.stages import discover
 
-    assert set(BAD_FIELDS) == {f.name for f in dc.fields(AnalyzeConfig)} - {"out", "seed", "finetune"}
+    fields = {f.name for f in dataclasses.fields(AnalyzeConfig)}
+    assert set(BAD_FIELDS) == fields - {"out", "seed", "finetune"}
+    declared = {
+        spec.key for name, stage in discover().items() if stage.options for spec in specs(name, stage.options)
+    }
+    assert set(BAD_OPTIONS) == declared

@@ -78,7 +78,12 @@ def test_values_equal_linear_cka_and_rsa_on_each_domain(tmp_path, base_folder, t
 def test_sets_cut_to_the_smallest_and_constant_layers_dropped(tmp_path, base_folder, tuned_folder):
     # no limit: the in-domain split has 1003 examples, nyt-sentiment's 281
     config = _config(
-        tmp_path, base_folder, tuned_folder, limit=None, pooling="cls", rsa=None, ood_tasks=("nyt-sentiment",)
+        tmp_path,
+        base_folder,
+        tuned_folder,
+        limit=None,
+        pooling="cls",
+        options={"similarity": {"rsa": None}, "domains": {"ood_tasks": ("nyt-sentiment",)}},
     )
     root = analyze(config, progress=False)
     rows = read_csv(root / "results" / "domains.csv")
@@ -110,7 +115,9 @@ def test_one_model_skips_with_a_note(tmp_path, base_folder):
 
 
 def test_unknown_ood_task_fails_before_anything_is_computed(tmp_path, base_folder, tuned_folder):
-    config = _config(tmp_path, base_folder, tuned_folder, ood_tasks=("amazon-sentiment", "imdb"))
+    config = _config(
+        tmp_path, base_folder, tuned_folder, options={"domains": {"ood_tasks": ("amazon-sentiment", "imdb")}}
+    )
     with pytest.raises(UnknownNameError, match="unknown task 'imdb'"):
         analyze(config, progress=False)
     assert not (tmp_path / "run" / "results" / "domains.csv").exists()

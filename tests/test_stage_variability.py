@@ -162,7 +162,7 @@ def test_selection_with_given_tuned_model_trains_its_own_full_model(
         data_dir=small_sst2,
         tuned=tiny_classifier_folder,
         finetune=True,
-        selection_budget=1,
+        options={"variability": {"budget": 1}},
         stages=("variability", "selection"),
     )
     root = analyze(config, progress=False, report=False)

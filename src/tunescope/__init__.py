@@ -36,14 +36,37 @@ _LAZY = {
     "AnalyzeConfig": "tunescope.pipeline",
     "analyze": "tunescope.pipeline",
     "build_report": "tunescope.report",
+    # one entry point (or a few) per lens
+    "cka_matrix": "tunescope.similarity",
+    "linear_cka": "tunescope.similarity",
+    "rbf_cka": "tunescope.similarity",
+    "MinibatchCKA": "tunescope.similarity",
+    "rsa": "tunescope.similarity",
+    "find_blocks": "tunescope.similarity",
+    "LayerProbes": "tunescope.probing",
+    "probe_layers": "tunescope.probing",
+    "layer_variability": "tunescope.variability",
+    "select_layers": "tunescope.variability",
+    "truncation_sweep": "tunescope.truncation",
+    "ffn_cka": "tunescope.ffn",
+    "truncate": "tunescope.surgery",
+    "remove_ffn": "tunescope.surgery",
+    "restore_layers": "tunescope.surgery",
+    "reinit_layers": "tunescope.surgery",
+    "freeze_layers": "tunescope.surgery",
+    "export": "tunescope.surgery",
+    "format_layers": "tunescope.locations",
+    "parse_layers": "tunescope.locations",
 }
 
 if TYPE_CHECKING:
     from tunescope.data import TASKS, Examples, Task, get_task, load_file
     from tunescope.extract import POOLINGS, Representations, extract
+    from tunescope.ffn import ffn_cka
     from tunescope.finetune import FinetuneConfig, FinetuneResult
     from tunescope.inference import evaluate
     from tunescope.layerstats import layer_statistics
+    from tunescope.locations import format_layers, parse_layers
     from tunescope.metrics import compute_metric
     from tunescope.models import (
         Encoder,
@@ -55,7 +78,12 @@ if TYPE_CHECKING:
         resolve_device,
     )
     from tunescope.pipeline import AnalyzeConfig, analyze
+    from tunescope.probing import LayerProbes, probe_layers
     from tunescope.report import build_report
+    from tunescope.similarity import MinibatchCKA, cka_matrix, find_blocks, linear_cka, rbf_cka, rsa
+    from tunescope.surgery import export, freeze_layers, reinit_layers, remove_ffn, restore_layers, truncate
+    from tunescope.truncation import truncation_sweep
+    from tunescope.variability import layer_variability, select_layers
 
 from tunescope.errors import TunescopeError  # noqa: E402  (light; the lazy table comes first)
 
@@ -114,4 +142,26 @@ __all__ = [
     "AnalyzeConfig",
     "analyze",
     "build_report",
+    # the lenses: similarity (Phang et al.; Kornblith et al.), probes (Merchant et al.), variability
+    # (Xie et al.), truncation and FFN removal (Phang et al.; Sridhar & Sarah), surgery
+    "cka_matrix",
+    "linear_cka",
+    "rbf_cka",
+    "MinibatchCKA",
+    "rsa",
+    "find_blocks",
+    "LayerProbes",
+    "probe_layers",
+    "layer_variability",
+    "select_layers",
+    "truncation_sweep",
+    "ffn_cka",
+    "truncate",
+    "remove_ffn",
+    "restore_layers",
+    "reinit_layers",
+    "freeze_layers",
+    "export",
+    "format_layers",
+    "parse_layers",
 ]

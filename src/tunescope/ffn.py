@@ -7,7 +7,7 @@ sublayer's input ``a`` (the attention block's output) and the layer's output ``L
 over every non-padding token (the FFN acts on each token separately). CKA near 1 means the FFN leaves
 the token geometry almost as it found it (up to rotation and scale), so removing it should cost least:
 :func:`choose_ffn_layers` takes the :func:`default_count` layers with the highest CKA, and
-:func:`check_ffn_layers` validates a user's choice (``--ffn-layers``). The removal itself is
+:func:`check_ffn_layers` validates a user's choice (``--ffn.layers``). The removal itself is
 :func:`tunescope.surgery.remove_ffn`; the ``ffn`` stage wires these together with fine-tuning.
 """
 
@@ -116,7 +116,7 @@ def ffn_cka(
 
 
 def default_count(n_layers: int) -> int:
-    """How many FFNs the stage removes when ``--ffn-layers`` is not given: ``max(1, L // 3)``."""
+    """How many FFNs the stage removes when ``--ffn.layers`` is not given: ``max(1, L // 3)``."""
     return max(1, n_layers // 3)
 
 
@@ -134,7 +134,7 @@ def choose_ffn_layers(cka: Mapping[int, float], count: int) -> list[int]:
 def check_ffn_layers(
     layers: Iterable[int], n_layers: int, *, shared: bool = False, family: str = "this"
 ) -> list[int]:
-    """Validate ``--ffn-layers`` against the model: sorted layers in ``1..L``, or one clear InputError.
+    """Validate ``--ffn.layers`` against the model: sorted layers in ``1..L``, or one clear InputError.
 
     Args:
         layers: The requested layers (``()`` means none).
@@ -148,19 +148,19 @@ def check_ffn_layers(
         >>> check_ffn_layers((0, 7), 6)
         Traceback (most recent call last):
         ...
-        tunescope.errors.InputError: --ffn-layers 0,7 out of range: this model's transformer layers are 1..6 (0, the embedding output, has no FFN)
+        tunescope.errors.InputError: --ffn.layers 0,7 out of range: this model's transformer layers are 1..6 (0, the embedding output, has no FFN)
     """  # noqa: E501
     chosen = sorted({int(layer) for layer in layers})
     bad = [layer for layer in chosen if not 1 <= layer <= n_layers]
     if bad:
         raise InputError(
-            f"--ffn-layers {','.join(map(str, bad))} out of range: this model's transformer layers are "
+            f"--ffn.layers {','.join(map(str, bad))} out of range: this model's transformer layers are "
             f"1..{n_layers} (0, the embedding output, has no FFN)"
         )
     if shared and chosen and chosen != list(range(1, n_layers + 1)):
         every = ",".join(map(str, range(1, n_layers + 1)))
         raise InputError(
-            f"--ffn-layers: {family} shares one FFN across all {n_layers} layers, so it can only be removed "
-            f"from all of them; pass --ffn-layers {every} or leave it out"
+            f"--ffn.layers: {family} shares one FFN across all {n_layers} layers, so it can only be removed "
+            f"from all of them; pass --ffn.layers {every} or leave it out"
         )
     return chosen

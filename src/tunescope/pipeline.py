@@ -70,9 +70,6 @@ class AnalyzeConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seed for everything random.
         stages: names of the stages to run (default: all registered, in order).
-        measures: layer-similarity measures for ``cka.csv`` (keys of ``tunescope.similarity.MEASURES``
-            other than ``rsa``; a ``:debiased`` suffix asks for the unbiased HSIC estimator).
-        rsa: (rdm, compare) of the RSA written to ``rsa.csv``, or None to skip RSA.
         labels: what the two models are called in tables and figures (``base``/``tuned`` in
             ``analyze``; ``compare`` uses ``A``/``B``).
         finetune: when ``tuned`` is not given, fine-tune ``model`` on the task (stage ``finetune``; the
@@ -80,14 +77,9 @@ class AnalyzeConfig:
         epochs, learning_rate, train_limit: how ``analyze`` fine-tunes (the ``finetune`` stage and the
             fine-tuning experiments of ``ffn`` and ``selection``): passes over the data, peak AdamW
             learning rate, and the first ``train_limit`` training examples (None = all).
-        ffn_layers: layers whose FFN sublayer the ``ffn`` experiment removes before fine-tuning; None
-            lets the stage choose from the pre-trained model (see :mod:`tunescope.stages.ffn`).
-        selection_budget: ``m``, how many layers the variability-selection experiment tunes.
-        probe_tasks: token label sets the ``probes`` stage predicts: ``pos``, ``tag``, ``dep`` (spaCy
-            silver labels of the analysis texts) or, with ``conllu``, ``upos``, ``xpos``, ``deprel``.
-        conllu: a CoNLL-U treebank whose gold labels the probes use instead of silver ones.
-        ood_tasks: tasks whose inputs are out of domain for ``task``, for the ``domains`` stage; None
-            picks the task's own out-of-domain sets (the other VADER domains for a sentiment task).
+        options: each stage's own options, by stage name: an instance of the stage's options dataclass
+            or a mapping of its fields (``{"variability": {"budget": 3}}``); stages left out keep their
+            defaults. Read them with :meth:`options_for`; see :mod:`tunescope.options`.
     """
 
     out: Path = Path("runs/latest")
@@ -103,24 +95,17 @@ class AnalyzeConfig:
     device: str = "auto"
     seed: int = 0
     stages: tuple[str, ...] | None = None
-    measures: tuple[str, ...] = ("linear_cka",)
-    rsa: tuple[str, str] | None = ("correlation", "spearman")
     labels: tuple[str, str] = ("base", "tuned")
     finetune: bool = True
     epochs: int = 1
     learning_rate: float = 5e-5
     train_limit: int | None = 2000
-    ffn_layers: tuple[int, ...] | None = None
-    selection_budget: int = 2
-    probe_tasks: tuple[str, ...] = ("pos", "dep")
-    conllu: str | None = None
-    ood_tasks: tuple[str, ...] | None = None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = (
             ("epochs", self.epochs >= 1, "at least 1 (--epochs)"),
             ("learning_rate", self.learning_rate > 0, "positive (--lr)"),
-            ("selection_budget", self.selection_budget >= 1, "at least 1 layer (--budget)"),
             ("batch_size", self.batch_size >= 1, "at least 1 (--batch-size)"),
             ("train_limit", self.train_limit is None or self.train_limit >= 2, "at least 2 (--train-limit)"),
             ("limit", self.limit is None or self.limit >= 2, "at least 2 (--limit)"),
@@ -130,17 +115,60 @@ class AnalyzeConfig:
                 raise InputError(f"{name} must be {want}, got {getattr(self, name)!r}")
         if self.max_length is not None and self.max_length < 2:
             raise InputError(f"max_length must be at least 2 or None, got {self.max_length!r}")
-        if self.ffn_layers is not None and any(int(layer) < 1 for layer in self.ffn_layers):
-            raise InputError(f"ffn_layers are layers 1..L, got {self.ffn_layers}; fix --ffn-layers")
         if self.pooling not in ("cls", "mean"):
             raise UnknownNameError("sentence pooling", self.pooling, ("cls", "mean"), hint="fix --pooling")
         if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
             raise InputError(f"labels must name the two models differently, got {self.labels!r}")
         resolve_device(self.device)
+        object.__setattr__(self, "options", _stage_options(self.options))
+
+    def options_for(self, stage: str) -> Any:
+        """The options of ``stage`` (its options dataclass, with the defaults where none were given)."""
+        if stage not in self.options:
+            raise InputError(f"stage {stage} has no options (stages with options: {', '.join(self.options)})")
+        return self.options[stage]
 
     def to_json(self) -> dict[str, Any]:
-        """The config as plain JSON values."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        """The config as plain JSON values; stage options flat, as ``stage.option`` keys."""
+        from tunescope.options import option_values
+
+        shared = {
+            f.name: (str(v) if isinstance(v, Path) else v)
+            for f in dataclasses.fields(self)
+            if f.name != "options"
+            for v in [getattr(self, f.name)]
+        }
+        shared = json.loads(json.dumps(shared))  # tuples become lists, as in the manifest
+        for stage, values in self.options.items():
+            shared.update(option_values(stage, values))
+        return shared
+
+    @classmethod
+    def from_toml(
+        cls,
+        path: str | Path,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> AnalyzeConfig:
+        """A config from a TOML file (top-level keys: the fields; one table per stage's options).
+
+        ``overrides`` (fields) and ``options`` (``{stage: {option: value}}``) win over the file, as
+        command-line flags win over ``--config``. Strings are read as the flags read them; ``limit`` and
+        ``train_limit`` of 0 (or ``"none"``) mean all examples, as on the command line.
+
+        Raises:
+            InputError: the file is not TOML, or names an unknown field, stage or option, or a value of
+                the wrong type.
+        """
+        from tunescope.options import read_config_file
+
+        shared, stage_tables = read_config_file(path)
+        merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in stage_tables.items()}
+        for stage, values in (options or {}).items():
+            merged.setdefault(stage, {}).update(values)
+        fields = {**{k: _field_value(k, v, f"{path}: {k}") for k, v in shared.items()}, **(overrides or {})}
+        return cls(**fields, options=merged)
 
     def digest(self) -> str:
         """Hash of what the results depend on (not the output folder, device or stage list)."""
@@ -183,6 +211,9 @@ class Stage:
     """The fewest analysis examples the stage can work with under a config (checked up front)."""
     package: str | None = None
     """The package that declares the stage (set by discovery): where its report section lives."""
+    options: type | None = None
+    """The stage's options: a frozen dataclass whose fields are made by :func:`tunescope.options.option`
+    (the CLI's ``--<stage>.<option>`` flags and the config file's ``[<stage>]`` table come from it)."""
 
     def fewest_examples(self, config: AnalyzeConfig) -> int:
         """:attr:`min_examples` under ``config``."""
@@ -424,6 +455,40 @@ class RunContext:
             )
             reps = reps.select([layer for layer in reps.layers if layer not in constant])
         return reps
+
+
+def _field_value(name: str, value: Any, where: str) -> Any:
+    """A shared field's value from a config file, checked against the field's type."""
+    import typing
+
+    from tunescope.options import typed_value
+
+    hints = typing.get_type_hints(AnalyzeConfig, globals())
+    if name not in hints or name == "options":
+        valid = [f.name for f in dataclasses.fields(AnalyzeConfig) if f.name != "options"]
+        raise UnknownNameError("config field", name, valid, hint="a stage's options go in a [stage] table")
+    if name in ("limit", "train_limit") and value in (0, "0"):
+        return None
+    value = typed_value(value, hints[name], where)
+    return Path(value) if name == "out" else value
+
+
+def _stage_options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every stage's options object: those given (instances or mappings), the defaults for the rest."""
+    from tunescope.options import make_options
+    from tunescope.stages import discover
+
+    if not isinstance(given, Mapping):
+        raise InputError(f"options must map stage names to their options, got {type(given).__name__}")
+    discover()
+    declared = {name: stage.options for name, stage in STAGES.items() if stage.options is not None}
+    for name in given:
+        if name not in declared:
+            if name in STAGES:
+                raise InputError(f"stage {name} has no options; stages with options: {', '.join(declared)}")
+            hint = "fix the [stage] table or --STAGE.OPTION"
+            raise UnknownNameError("stage", str(name), declared, hint=hint)
+    return {name: make_options(name, cls, given.get(name)) for name, cls in declared.items()}
 
 
 def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, report: bool = True) -> Path:

@@ -77,16 +77,6 @@ def load_examples(
     return get_task(task or "movie-sentiment").load(split, data_dir=data_dir, limit=limit)
 
 
-def measures(values: list[str] | None) -> tuple[str, ...]:
-    """The ``--measure`` values (default ``linear_cka``), checked before anything slow runs."""
-    from tunescope.stages.similarity import parse_measure
-
-    chosen = tuple(values or ["linear_cka"])
-    for spec in chosen:
-        parse_measure(spec)
-    return chosen
-
-
 def sentence_pooling(pooling: str) -> str:
     """Check a sentence pooling name (``mean`` or ``cls``) before anything slow runs."""
     from tunescope.errors import UnknownNameError
@@ -95,24 +85,6 @@ def sentence_pooling(pooling: str) -> str:
     if pooling not in POOLINGS or pooling == "tokens":
         raise UnknownNameError("sentence pooling", pooling, [p for p in POOLINGS if p != "tokens"])
     return pooling
-
-
-def rsa_option(value: str) -> tuple[str, str] | None:
-    """``"correlation,spearman"`` -> ("correlation", "spearman"); ``"none"`` -> None; names checked."""
-    from tunescope.errors import UnknownNameError
-    from tunescope.similarity import COMPARISONS, RDM_METHODS
-
-    if value.strip().lower() == "none":
-        return None
-    parts = [p.strip() for p in value.split(",")]
-    if len(parts) != 2:
-        raise InputError(f"--rsa takes RDM,COMPARE (e.g. correlation,spearman) or none; got {value!r}")
-    rdm, compare = parts
-    if rdm not in RDM_METHODS:
-        raise UnknownNameError("RDM method", rdm, RDM_METHODS)
-    if compare not in COMPARISONS:
-        raise UnknownNameError("RDM comparison", compare, COMPARISONS)
-    return rdm, compare
 
 
 def layer_list(value: str | None, option: str) -> tuple[int, ...] | None:

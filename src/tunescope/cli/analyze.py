@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -11,6 +11,7 @@ from tunescope.cli import _options as opt
 
 
 def analyze(
+    ctx: typer.Context,
     model: Annotated[
         str | None, typer.Argument(help="Pre-trained model (default: the embedded model).")
     ] = None,
@@ -23,8 +24,6 @@ def analyze(
     data_dir: opt.DataDir = None,
     batch_size: opt.BatchSize = 32,
     stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stages to run.")] = None,
-    measure: opt.Measures = None,
-    rsa: opt.Rsa = "correlation,spearman",
     finetune: Annotated[
         bool,
         typer.Option(
@@ -37,22 +36,13 @@ def analyze(
     train_limit: Annotated[
         int, typer.Option("--train-limit", min=0, help="Training examples for fine-tuning (0 = all).")
     ] = 2000,
-    ffn_layers: Annotated[
-        str | None,
-        typer.Option("--ffn-layers", help="Layers whose FFN the ffn experiment removes (default: chosen)."),
-    ] = None,
-    budget: Annotated[
-        int, typer.Option("--budget", help="Layers the variability-selection experiment tunes (m).")
-    ] = 2,
-    probe_tasks: Annotated[
-        str, typer.Option("--probe-tasks", help="Token probes: pos,tag,dep (silver) or upos,xpos,deprel.")
-    ] = "pos,dep",
-    conllu: Annotated[
-        Path | None, typer.Option("--conllu", help="CoNLL-U treebank with gold labels for the probes.")
-    ] = None,
-    ood_tasks: Annotated[
-        str | None,
-        typer.Option("--ood-tasks", help="Out-of-domain tasks for the domains stage (default: the task's)."),
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="TOML file with these settings (keys as in AnalyzeConfig) and one \\[STAGE] table of "
+            "options per stage; flags given as well win over it.",
+        ),
     ] = None,
     device: opt.Device = "auto",
     seed: opt.Seed = 0,
@@ -60,45 +50,52 @@ def analyze(
     """Run the analyses and write RUN/manifest.json, RUN/results/*.csv, RUN/figures and RUN/report.html.
 
     With no arguments: the embedded all-MiniLM-L6-v2 on the builtin movie-sentiment task, offline.
-    A rerun of the same command skips the stages already done.
+    A rerun of the same command skips the stages already done. Each stage's own options are flags
+    --STAGE.OPTION (below, by stage) or a \\[STAGE] table in the --config file.
 
     Examples:
 
         tunescope analyze --out runs/demo
 
         tunescope analyze bert-base-uncased --tuned my-sst2-model --task sst2 --data-dir glue/ --out runs/sst2
+
+        tunescope analyze --config run.toml --variability.budget 3
     """
+    from tunescope.cli._stage_flags import explicit_params, given_stage_options
     from tunescope.pipeline import AnalyzeConfig
     from tunescope.pipeline import analyze as run_analyze
 
-    config = AnalyzeConfig(
-        out=out,
-        model=model,
-        tuned=tuned,
-        task=task,
-        data_dir=str(data_dir) if data_dir else None,
-        split=split,
-        limit=limit or None,
-        pooling=opt.sentence_pooling(pooling),
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        stages=tuple(s.strip() for s in stages.split(",")) if stages else None,
-        measures=opt.measures(measure),
-        rsa=opt.rsa_option(rsa),
-        finetune=finetune,
-        epochs=epochs,
-        learning_rate=lr,
-        train_limit=train_limit or None,
-        ffn_layers=opt.layer_list(ffn_layers, "--ffn-layers"),
-        selection_budget=budget,
-        probe_tasks=opt.name_list(probe_tasks) or (),
-        conllu=str(conllu) if conllu else None,
-        ood_tasks=opt.name_list(ood_tasks),
-    )
+    values: dict[str, Any] = {
+        "model": model,
+        "out": out,
+        "task": task,
+        "tuned": tuned,
+        "split": split,
+        "limit": limit or None,
+        "pooling": pooling,
+        "data_dir": str(data_dir) if data_dir else None,
+        "batch_size": batch_size,
+        "stages": tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else None,
+        "finetune": finetune,
+        "epochs": epochs,
+        "learning_rate": lr,
+        "train_limit": train_limit or None,
+        "device": device,
+        "seed": seed,
+    }
+    field = {"lr": "learning_rate"}
+    given = {field.get(name, name) for name in explicit_params(ctx)}
+    overrides = {name: value for name, value in values.items() if name in given}
+    options = given_stage_options(ctx)
+    if config_file is not None:
+        config = AnalyzeConfig.from_toml(config_file, overrides=overrides, options=options)
+    else:
+        config = AnalyzeConfig(**overrides, options=options)
     root = run_analyze(config)
     typer.echo(f"report: {root / 'report.html'}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("analyze")(analyze)
+    from tunescope.cli._stage_flags import StageOptionsCommand
+
+    app.command("analyze", cls=StageOptionsCommand)(analyze)

@@ -53,9 +53,8 @@ def compare(
         seed=seed,
         stages=("similarity",),
         finetune=False,
-        measures=opt.measures(measure),
-        rsa=opt.rsa_option(rsa),
         labels=("A", "B"),
+        options={"similarity": {"rsa": rsa, **({"measures": tuple(measure)} if measure else {})}},
     )
     root = analyze(config)
     typer.echo(f"tables: {root / 'results'}; report: {root / 'report.html'}")

@@ -71,8 +71,7 @@ def probe(
         seed=seed,
         stages=("probes",),
         finetune=False,
-        probe_tasks=names,
-        conllu=str(conllu) if conllu else None,
+        options={"probes": {"tasks": names, "conllu": str(conllu) if conllu else None}},
     )
     root = analyze(config)
     for note in read_manifest(root).get("notes", []):

@@ -57,7 +57,7 @@ def variability(
         seed=seed,
         stages=("variability",),
         finetune=False,
-        selection_budget=budget,
+        options={"variability": {"budget": budget}},
     )
     root = analyze(config)
     for note in read_manifest(root).get("notes", []):

@@ -6,7 +6,7 @@ changed more (lower same-layer similarity). This stage does the same with the sa
 (Kornblith et al. 2019) and, when ``AnalyzeConfig.rsa`` is set, RSA (Kriegeskorte et al. 2008) between
 the two models, on the run's analysis split (in domain) and on the same split of each out-of-domain task.
 
-Out-of-domain tasks: ``AnalyzeConfig.ood_tasks``, or by default :func:`default_ood_tasks`: for a builtin
+Out-of-domain tasks: ``--domains.ood-tasks``, or by default :func:`default_ood_tasks`: for a builtin
 VADER sentiment task the other three VADER domains (``movie-sentiment`` -> ``amazon-sentiment``,
 ``nyt-sentiment``, ``tweet-sentiment``; same rating scale and labels), for any other task none. Every
 input set is cut to the same number of examples (the smallest set's size, at most ``limit``), so the
@@ -17,11 +17,12 @@ pooling) are left out of every set. Writes ``domains.csv``: one row per (domain,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunescope.errors import InputError
+from tunescope.options import option
 from tunescope.pipeline import RunContext, Stage, Table
-from tunescope.stages.similarity import check_measures
 
 if TYPE_CHECKING:
     from tunescope.data import Examples, Task
@@ -64,8 +65,28 @@ def ood_tasks(task: str, given: Sequence[str] | None) -> tuple[str, ...]:
     own = get_task(task).name
     names = tuple(dict.fromkeys(get_task(name).name for name in given))
     if own in names:
-        raise InputError(f"--ood-tasks lists {own}, the analysed task itself; give only other tasks")
+        raise InputError(f"--domains.ood-tasks lists {own}, the analysed task itself; give only other tasks")
     return names
+
+
+def _task_list(text: str) -> tuple[str, ...]:
+    """``"a, b"`` -> ("a", "b"); ``"none"`` -> () (no out-of-domain set)."""
+    if text.strip().lower() in ("none", ""):
+        return ()
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+@dataclass(frozen=True)
+class DomainsOptions:
+    """Options of the ``domains`` stage (its RSA is the ``similarity`` stage's ``rsa``)."""
+
+    ood_tasks: tuple[str, ...] | None = option(
+        None,
+        help="Out-of-domain tasks (comma list, or none); default: the task's own (the other VADER domains).",
+        parse=_task_list,
+        metavar="T1,T2",
+        aliases=("--ood-tasks",),
+    )
 
 
 def rsa_measure(rdm: str, compare: str) -> str:
@@ -76,16 +97,17 @@ def rsa_measure(rdm: str, compare: str) -> str:
 def run(ctx: RunContext) -> list[Table]:
     """Same-layer similarity of the two models on in-domain and out-of-domain inputs, per layer."""
     config = ctx.config
-    names = ood_tasks(config.task, config.ood_tasks)  # unknown names fail here, before any work
+    given = config.options_for("domains").ood_tasks
+    names = ood_tasks(config.task, given)  # unknown names fail here, before any work
     models = ctx.model_names()
     if len(models) < 2:
         ctx.note("domains: needs a fine-tuned model (--tuned DIR, or let the run fine-tune), so skipped.")
         return []
     if not names:
-        why = "--ood-tasks none" if config.ood_tasks is not None else f"{config.task} has no default"
+        why = "--domains.ood-tasks none" if given is not None else f"{config.task} has no default"
         ctx.note(
-            f"domains: no out-of-domain tasks ({why}; pass --ood-tasks T1,T2), so no in- vs out-of-domain "
-            "comparison."
+            f"domains: no out-of-domain tasks ({why}; pass --domains.ood-tasks T1,T2), so no in- vs "
+            "out-of-domain comparison."
         )
         return []
     from tunescope.data import get_task
@@ -160,8 +182,9 @@ def _rows(
         a, b = pair[base], pair[tuned]
         for layer in (x for x in a.layers if x not in constant):
             values = {"linear_cka": linear_cka(a[layer], b[layer])}
-            if ctx.config.rsa is not None:
-                rdm, compare = ctx.config.rsa
+            rsa_pair = ctx.config.options_for("similarity").rsa
+            if rsa_pair is not None:
+                rdm, compare = rsa_pair
                 values[rsa_measure(rdm, compare)] = rsa(a[layer], b[layer], rdm=rdm, compare=compare)
             rows += [
                 {
@@ -179,13 +202,18 @@ def _rows(
 
 def check(ctx: RunContext) -> None:
     """Out-of-domain task names, before anything runs."""
-    ood_tasks(ctx.config.task, ctx.config.ood_tasks)
-    check_measures(ctx.config)
+    ood_tasks(ctx.config.task, ctx.config.options_for("domains").ood_tasks)
+
+
+def _min_examples(config: Any) -> int:
+    """RSA needs 2 dissimilarities at least (3 examples); CKA 2 examples."""
+    return 3 if config.options_for("similarity").rsa is not None else 2
 
 
 STAGE = Stage(
     check=check,
-    min_examples=lambda config: 3 if config.rsa is not None else 2,  # RSA: 2 dissimilarities at least
+    options=DomainsOptions,
+    min_examples=_min_examples,
     name="domains",
     title="In-domain vs out-of-domain change",
     run=run,

@@ -5,7 +5,7 @@ feed-forward (intermediate) sublayer of some layers before fine-tuning and find 
 suffers while the model gets smaller and faster. This stage repeats the experiment on the run's model
 and task:
 
-1. **Which layers.** ``--ffn-layers`` when given. Otherwise the stage measures, in the pre-trained
+1. **Which layers.** ``--ffn.layers`` when given. Otherwise the stage measures, in the pre-trained
    model, how much each layer's FFN changes the representation: :func:`ffn_cka` is the linear CKA
    (Kornblith et al. 2019) between the FFN sublayer's input ``a`` (the attention block's output) and the
    layer's output ``LayerNorm(a + FFN(a))``, over every non-padding token of the analysis inputs (the
@@ -24,17 +24,20 @@ and task:
 Writes ``ffn_cka.csv`` (``layer, cka, chosen``) and ``ffn.csv`` (``model, ffn_removed_layers, metric,
 value, params, trainable_params, train_seconds``; ``train_seconds`` is training alone, evaluation
 excluded). With ``--no-finetune`` only ``ffn_cka.csv`` is written. ALBERT shares one FFN across its
-layers: it can only be removed everywhere (``--ffn-layers 1,...,L``), so nothing is chosen by default.
+layers: it can only be removed everywhere (``--ffn.layers 1,...,L``), so nothing is chosen by default.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from tunescope.errors import InputError
 from tunescope.ffn import check_ffn_layers, choose_ffn_layers, default_count, ffn_cka
-from tunescope.locations import format_layers
+from tunescope.locations import format_layers, parse_layers
+from tunescope.options import option
 from tunescope.pipeline import RunContext, Stage, Table
 
 if TYPE_CHECKING:
@@ -89,11 +92,33 @@ def _row(
     }
 
 
+def _layers(text: str) -> tuple[int, ...]:
+    return parse_layers(text, option="--ffn.layers") or ()
+
+
+@dataclass(frozen=True)
+class FFNOptions:
+    """Options of the ``ffn`` stage."""
+
+    layers: tuple[int, ...] | None = option(
+        None,
+        help="Layers whose FFN is removed before fine-tuning (e.g. 3,5 or 2-4; none = no removal); "
+        "default: chosen where the FFN changes the representation least.",
+        parse=_layers,
+        metavar="LAYERS",
+        aliases=("--ffn-layers",),
+    )
+
+    def __post_init__(self) -> None:
+        if self.layers is not None and any(int(layer) < 1 for layer in self.layers):
+            raise InputError(f"--ffn.layers are layers 1..L, got {format_layers(self.layers)}")
+
+
 def run(ctx: RunContext) -> list[Table]:
     """``ffn_cka.csv`` from the pre-trained model; ``ffn.csv`` from fine-tuning with and without the FFNs."""
     base = ctx.encoder(ctx.config.labels[0])
     n_layers, shared = base.num_layers, base.adapter.shared_layers()
-    asked = ctx.config.ffn_layers
+    asked = ctx.config.options_for("ffn").layers
     layers: list[int] = []
     if asked is not None:  # checked before anything is measured or trained
         layers = check_ffn_layers(asked, n_layers, shared=shared, family=base.family)
@@ -115,7 +140,7 @@ def run(ctx: RunContext) -> list[Table]:
         return tables
     if not layers:
         if asked is not None:
-            ctx.note("ffn: --ffn-layers none, so no FFN is removed and nothing is trained.")
+            ctx.note("ffn: --ffn.layers none, so no FFN is removed and nothing is trained.")
         return tables
 
     from tunescope.models import load_classifier
@@ -139,16 +164,16 @@ def run(ctx: RunContext) -> list[Table]:
 
 
 def check(ctx: RunContext) -> None:
-    """``--ffn-layers`` against the pre-trained model's depth, before anything is trained."""
-    if ctx.config.ffn_layers is not None:
+    """``--ffn.layers`` against the pre-trained model's depth, before anything is trained."""
+    asked = ctx.config.options_for("ffn").layers
+    if asked is not None:
         base = ctx.encoder(ctx.config.labels[0])
-        check_ffn_layers(
-            ctx.config.ffn_layers, base.num_layers, shared=base.adapter.shared_layers(), family=base.family
-        )
+        check_ffn_layers(asked, base.num_layers, shared=base.adapter.shared_layers(), family=base.family)
 
 
 STAGE = Stage(
     check=check,
+    options=FFNOptions,
     name="ffn",
     title="Fine-tuning without some FFN sublayers",
     run=run,

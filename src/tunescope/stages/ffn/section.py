@@ -30,7 +30,7 @@ def _sentence(cka: dict[int, float], rows: list[dict[str, str]], asked: bool) ->
     full = next(r for r in rows if r["model"] == "full")
     removed = next(r for r in rows if r["model"] == "ffn_removed")
     layers = list(parse_layers(removed["ffn_removed_layers"], option="ffn.csv") or ())
-    why = "as asked with --ffn-layers" if asked else "chosen where it changes the representation least"
+    why = "as asked with --ffn.layers" if asked else "chosen where it changes the representation least"
     ckas = "/".join(f"{cka[layer]:.2f}" for layer in layers if layer in cka)
     points = 100 * (float(full["value"]) - float(removed["value"]))
     metric = full["metric"]

@@ -36,6 +36,7 @@ import torch
 
 from tunescope.data.tokens import MAX_TEST_WORDS, MAX_TRAIN_WORDS, split_sentences
 from tunescope.errors import DataError, InputError, MissingExtraError, UnknownNameError
+from tunescope.options import option
 from tunescope.pipeline import RunContext, Stage, Table
 
 if TYPE_CHECKING:
@@ -109,6 +110,31 @@ def resolve_probe_tasks(names: Sequence[str], conllu: str | Path | None) -> tupl
     return tuple(resolved)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    if text.strip().lower() in ("none", ""):
+        return ()
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+@dataclass(frozen=True)
+class ProbesOptions:
+    """Options of the ``probes`` stage: which token label sets, silver (spaCy) or gold (CoNLL-U)."""
+
+    tasks: tuple[str, ...] = option(
+        ("pos", "dep"),
+        help="Token probes: pos,tag,dep (silver spaCy labels) or, with a treebank, upos,xpos,deprel; none.",
+        parse=_names,
+        metavar="T1,T2",
+        aliases=("--probe-tasks",),
+    )
+    conllu: str | None = option(
+        None, help="CoNLL-U treebank whose gold labels the probes use.", metavar="FILE", aliases=("--conllu",)
+    )
+
+    def __post_init__(self) -> None:
+        resolve_probe_tasks(self.tasks, self.conllu)
+
+
 @dataclass(frozen=True)
 class _LabelSet:
     """One probe task's sentences: ``name`` is the ``probe_task`` value, ``examples`` the tagged words."""
@@ -121,14 +147,15 @@ class _LabelSet:
 def run(ctx: RunContext) -> list[Table]:
     """One row per (model, layer, probe task): test accuracy, control accuracy, selectivity."""
     config = ctx.config
-    if not config.probe_tasks:
-        ctx.note("probes: no probe tasks asked for (--probe-tasks none), so no probes.")
+    opts: ProbesOptions = config.options_for("probes")
+    if not opts.tasks:
+        ctx.note("probes: no probe tasks asked for (--probes.tasks none), so no probes.")
         return []
-    fields = resolve_probe_tasks(config.probe_tasks, config.conllu)
+    fields = resolve_probe_tasks(opts.tasks, opts.conllu)
     try:
         label_sets = _label_sets(ctx, fields)
     except MissingExtraError:
-        if config.conllu is not None:  # the conllu package: asked for explicitly, so its error stands
+        if opts.conllu is not None:  # the conllu package: asked for explicitly, so its error stands
             raise
         return _sentence_fallback(ctx, fields)
     rows: list[dict[str, Any]] = []
@@ -152,10 +179,11 @@ def run(ctx: RunContext) -> list[Table]:
 def _label_sets(ctx: RunContext, fields: tuple[str, ...]) -> list[_LabelSet]:
     """Gold sentences of the CoNLL-U file, or the analysis texts tagged by spaCy (MissingExtraError)."""
     config = ctx.config
-    if config.conllu is not None:
+    conllu = config.options_for("probes").conllu
+    if conllu is not None:
         from tunescope.data.conllu import load_conllu
 
-        return [_LabelSet(f, load_conllu(config.conllu, field=f, split="file"), False) for f in fields]
+        return [_LabelSet(f, load_conllu(conllu, field=f, split="file"), False) for f in fields]
     from tunescope.data.silver import silver_tags
 
     texts = _texts_to_tag(ctx.examples().texts)
@@ -264,11 +292,13 @@ def _sentence_fallback(ctx: RunContext, fields: tuple[str, ...]) -> list[Table]:
 
 def check(ctx: RunContext) -> None:
     """Probe names and the CoNLL-U file, before anything runs."""
-    resolve_probe_tasks(ctx.config.probe_tasks, ctx.config.conllu)
+    opts = ctx.config.options_for("probes")
+    resolve_probe_tasks(opts.tasks, opts.conllu)
 
 
 STAGE = Stage(
     check=check,
+    options=ProbesOptions,
     min_examples=3,  # a train, a validation and a test sentence
     name="probes",
     title="Probing classifiers: linguistic information kept",

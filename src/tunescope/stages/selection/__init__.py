@@ -55,7 +55,7 @@ def run(ctx: RunContext) -> list[Table]:
         return []
     l_star = int(chosen[0]["classifier_layer"])
     adapt = _parse_layers(chosen[0]["adapt_layers"])
-    budget = ctx.config.selection_budget
+    budget = ctx.config.options_for("variability").budget
     n_layers = ctx.encoder().num_layers
     top = tuple(range(max(1, n_layers - budget + 1), n_layers + 1))
     if l_star == n_layers and adapt == top:

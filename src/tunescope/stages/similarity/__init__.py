@@ -1,15 +1,17 @@
 """Stage ``similarity``: every layer pair inside each model and between the two models, plus blocks.
 
-Writes ``cka.csv`` (the measures of ``AnalyzeConfig.measures``: linear CKA by default; Kornblith et al.
+Writes ``cka.csv`` (the measures of ``--similarity.measures``: linear CKA by default; Kornblith et al.
 2019), ``rsa.csv`` (representational similarity analysis; Kriegeskorte et al. 2008, as used by Merchant
 et al. 2020) and ``blocks.csv`` (contiguous blocks of similar layers inside each model; Phang et al. 2021).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from tunescope.errors import UnknownNameError
+from tunescope.errors import InputError, UnknownNameError
+from tunescope.options import option
 from tunescope.pipeline import AnalyzeConfig, RunContext, Stage, Table
 
 CKA_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "measure", "split", "value")
@@ -27,8 +29,57 @@ def parse_measure(spec: str) -> tuple[str, bool]:
     name, debiased = (spec[: -len(DEBIASED)], True) if spec.endswith(DEBIASED) else (spec, False)
     valid = [m for m in MEASURES if m != "rsa"]
     if name not in valid:
-        raise UnknownNameError("similarity measure", spec, valid, hint="RSA is configured with --rsa")
+        raise UnknownNameError(
+            "similarity measure", spec, valid, hint="fix --similarity.measures (RSA is --similarity.rsa)"
+        )
     return name, debiased
+
+
+def parse_rsa(text: str) -> tuple[str, str] | None:
+    """``"correlation,spearman"`` -> ``("correlation", "spearman")``; ``"none"`` -> ``None`` (no RSA)."""
+    if text.strip().lower() in ("none", ""):
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise InputError(
+            f"--similarity.rsa takes RDM,COMPARE such as correlation,spearman (or none); got {text!r}"
+        )
+    return parts[0], parts[1]
+
+
+@dataclass(frozen=True)
+class SimilarityOptions:
+    """Options of the ``similarity`` stage (the ``domains`` stage uses the same RSA)."""
+
+    measures: tuple[str, ...] = option(
+        ("linear_cka",),
+        help="Layer-similarity measures for cka.csv (comma list; NAME:debiased for the unbiased HSIC).",
+        metavar="M1,M2",
+        aliases=("--measure",),
+    )
+    rsa: tuple[str, str] | None = option(
+        ("correlation", "spearman"),
+        help="RDM,COMPARE of the RSA in rsa.csv and domains.csv, or none.",
+        parse=parse_rsa,
+        metavar="RDM,COMPARE",
+        aliases=("--rsa",),
+    )
+
+    def __post_init__(self) -> None:
+        if not self.measures:
+            raise InputError("--similarity.measures needs at least one measure, e.g. linear_cka")
+        for spec in self.measures:
+            parse_measure(spec)
+        if self.rsa is not None:
+            from tunescope.similarity import COMPARISONS, RDM_METHODS
+
+            if len(self.rsa) != 2:
+                raise InputError(f"--similarity.rsa takes RDM,COMPARE (two names), got {self.rsa!r}")
+            rdm, compare = self.rsa
+            if rdm not in RDM_METHODS:
+                raise UnknownNameError("RDM method", rdm, RDM_METHODS, hint="fix --similarity.rsa")
+            if compare not in COMPARISONS:
+                raise UnknownNameError("RDM comparison", compare, COMPARISONS, hint="fix --similarity.rsa")
 
 
 def run(ctx: RunContext) -> list[Table]:
@@ -42,7 +93,8 @@ def run(ctx: RunContext) -> list[Table]:
     cka_rows: list[dict[str, Any]] = []
     rsa_rows: list[dict[str, Any]] = []
     block_rows: list[dict[str, Any]] = []
-    for spec in ctx.config.measures:
+    opts: SimilarityOptions = ctx.config.options_for("similarity")
+    for spec in opts.measures:
         measure, debiased = parse_measure(spec)
         for a, b in pairs:
             matrix = cka_matrix(reps[a], None if a == b else reps[b], measure=measure, debiased=debiased)
@@ -73,8 +125,8 @@ def run(ctx: RunContext) -> list[Table]:
                         }
                     )
     tables = [Table("cka", CKA_COLUMNS, cka_rows), Table("blocks", BLOCK_COLUMNS, block_rows)]
-    if ctx.config.rsa is not None:
-        rdm, compare = ctx.config.rsa
+    if opts.rsa is not None:
+        rdm, compare = opts.rsa
         for a, b in pairs:
             matrix = cka_matrix(reps[a], None if a == b else reps[b], measure="rsa", rdm=rdm, compare=compare)
             for i, la in enumerate(reps[a].layers):
@@ -95,38 +147,20 @@ def run(ctx: RunContext) -> list[Table]:
     return tables
 
 
-def check(ctx: RunContext) -> None:
-    """The measures and the RSA variant are known names, before anything runs."""
-    check_measures(ctx.config)
-
-
-def check_measures(config: AnalyzeConfig) -> None:
-    """Every ``measures`` entry and the ``rsa`` (rdm, compare) pair are in their registries."""
-    from tunescope.similarity import COMPARISONS, RDM_METHODS
-
-    for spec in config.measures:
-        parse_measure(spec)
-    if config.rsa is not None:
-        rdm, compare = config.rsa
-        if rdm not in RDM_METHODS:
-            raise UnknownNameError("RDM method", rdm, RDM_METHODS, hint="fix --rsa")
-        if compare not in COMPARISONS:
-            raise UnknownNameError("RDM comparison", compare, COMPARISONS, hint="fix --rsa")
-
-
 def min_examples(config: AnalyzeConfig) -> int:
     """The fewest examples every configured measure (and RSA, which needs 3) is defined for."""
     from tunescope.similarity import MEASURES
 
-    need = [3] if config.rsa is not None else [2]
-    for spec in config.measures:
+    opts: SimilarityOptions = config.options_for("similarity")
+    need = [3] if opts.rsa is not None else [2]
+    for spec in opts.measures:
         name, debiased = parse_measure(spec)
         need += [MEASURES[name].min_examples, 4 if debiased else 2]
     return max(need)
 
 
 STAGE = Stage(
-    check=check,
+    options=SimilarityOptions,
     min_examples=min_examples,
     name="similarity",
     title="Layer similarity (CKA and RSA)",

@@ -6,18 +6,45 @@ loss. For k = L..1 the tuned classifier is cut after layer k (pooler and classif
 Runs when the run has a fine-tuned model with a classifier head for the task (``--tuned``, or the one
 the ``finetune`` stage trains). ``tunescope truncate`` runs the same sweep through
 :func:`truncation_sweep`.
+
+Writes ``truncation.csv`` (one row per k) and ``truncation_recommendation.csv``: the fewest layers whose
+metric is within ``--truncation.max-loss`` points of the full model's (:func:`recommend`), one row, or
+none when the full model's metric is undefined. The report states that row; it computes nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from tunescope.errors import InputError
+from tunescope.options import option
 from tunescope.pipeline import RunContext, Stage, Table
 from tunescope.truncation import COLUMNS, recommend, truncation_sweep
 
-__all__ = ["COLUMNS", "recommend", "truncation_sweep"]
+__all__ = ["COLUMNS", "RECOMMENDATION_COLUMNS", "TruncationOptions", "recommend", "truncation_sweep"]
+
+RECOMMENDATION_COLUMNS = (
+    "layers_kept", "n_layers", "metric", "value", "full_value", "max_loss", "params", "full_params"
+)
+
+
+@dataclass(frozen=True)
+class TruncationOptions:
+    """Options of the ``truncation`` stage."""
+
+    max_loss: float = option(
+        1.0,
+        help="Points of the metric the recommended cut may lose against the full model.",
+        metavar="POINTS",
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_loss, bool) or not self.max_loss >= 0:
+            raise InputError(f"--truncation.max-loss must be 0 or more points, got {self.max_loss!r}")
 
 
 def run(ctx: RunContext) -> list[Table]:
-    """One row per number of layers kept, from all L down to 1."""
+    """One row per number of layers kept, from all L down to 1, and the recommended cut."""
     if not ctx.has_classifier("truncation"):
         return []
     rows = truncation_sweep(
@@ -27,13 +54,34 @@ def run(ctx: RunContext) -> list[Table]:
         batch_size=ctx.config.batch_size,
         max_length=ctx.config.max_length or 128,
     )
-    return [Table("truncation", COLUMNS, rows)]
+    max_loss = ctx.config.options_for("truncation").max_loss
+    best = recommend(rows, points=max_loss)
+    full = max(rows, key=lambda r: int(r["layers_kept"]))
+    chosen = []
+    if best is not None:
+        chosen.append(
+            {
+                "layers_kept": best["layers_kept"],
+                "n_layers": full["layers_kept"],
+                "metric": best["metric"],
+                "value": best["value"],
+                "full_value": full["value"],
+                "max_loss": max_loss,
+                "params": best["params"],
+                "full_params": full["params"],
+            }
+        )
+    return [
+        Table("truncation", COLUMNS, rows),
+        Table("truncation_recommendation", RECOMMENDATION_COLUMNS, chosen),
+    ]
 
 
 STAGE = Stage(
     name="truncation",
     title="Dropping top layers without retraining",
     run=run,
+    options=TruncationOptions,
     description="The fine-tuned model cut after layer k, evaluated as is (Phang et al. 2021).",
     after=("similarity",),
 )

@@ -4,7 +4,7 @@ Xie et al. (2022) measure how well a layer separates a task's classes by the rat
 between-class variability of its pooled hidden states, ``nu = Tr(Sigma_W Sigma_B^+) / C`` (class-balanced;
 see :mod:`tunescope.variability`). The stage computes it for every layer of the pre-trained model, and of
 the fine-tuned one when the run has it, on the run's analysis split, and applies their selection rule to
-the pre-trained curve (:func:`tunescope.variability.select_layers` with ``config.selection_budget``):
+the pre-trained curve (:func:`tunescope.variability.select_layers` with ``--variability.budget``):
 the classifier goes on the most specialised layer ``l*``, the ``budget`` layers ending at ``l*`` are tuned
 and the layers above it are dropped. The ``selection`` stage tests that choice by fine-tuning.
 
@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from torch import Tensor
 
-from tunescope.errors import DataError, MeasureError
+from tunescope.errors import DataError, InputError, MeasureError
 from tunescope.locations import format_layers
+from tunescope.options import option
 from tunescope.pipeline import RunContext, Stage, Table
 from tunescope.variability import LayerSelection, layer_variability, select_layers
 
@@ -60,6 +62,20 @@ def selection_marks(selection: LayerSelection) -> dict[int, str]:
     return marks
 
 
+@dataclass(frozen=True)
+class VariabilityOptions:
+    """Options of the ``variability`` stage (the ``selection`` stage tunes the layers it picks)."""
+
+    budget: int = option(
+        2, help="m: how many layers the selection rule tunes (ending at the most specialised layer).",
+        metavar="M", aliases=("--budget",),
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise InputError(f"--variability.budget must be at least 1 layer, got {self.budget!r}")
+
+
 def run(ctx: RunContext) -> list[Table]:
     """Variability of every layer of each model, and the pre-trained model's layer selection."""
     task = ctx.task
@@ -83,7 +99,8 @@ def run(ctx: RunContext) -> list[Table]:
                 "class means (zero between-class scatter), so their variability is undefined (NaN)."
             )
     finite = {layer: v for layer, v in curves[base].items() if math.isfinite(v)}
-    selection = select_layers(finite, ctx.config.selection_budget) if finite else None
+    budget = ctx.config.options_for("variability").budget
+    selection = select_layers(finite, budget) if finite else None
     if selection is None:
         ctx.note("variability: no layer of the base model has a defined variability; no layer selection.")
     marks = selection_marks(selection) if selection is not None else {}
@@ -105,7 +122,7 @@ def run(ctx: RunContext) -> list[Table]:
                 SELECTION_COLUMNS,
                 [
                     {
-                        "budget": ctx.config.selection_budget,
+                        "budget": budget,
                         "classifier_layer": selection.classifier_layer,
                         "adapt_layers": format_layers(selection.adapt_layers),
                         "dropped_layers": format_layers(selection.dropped_layers),
@@ -134,6 +151,7 @@ def check(ctx: RunContext) -> None:
 
 STAGE = Stage(
     check=check,
+    options=VariabilityOptions,
     name="variability",
     title="Hidden-state variability",
     run=run,
