@@ -1,11 +1,13 @@
-"""Model surgery: truncate top layers, restore or re-initialise layers, freeze, remove FFN sublayers.
+"""Model surgery: truncate top layers, restore or re-initialise layers, freeze, remove FFN sublayers,
+prune attention heads.
 
 Every function works on any supported family through its
 :class:`~tunescope.models.adapters.ArchitectureAdapter`, takes an
 :class:`~tunescope.models.Encoder` or a bare ``transformers.PreTrainedModel`` (base or task model) and
 gives back the same kind. Layers are numbered as in DESIGN.md: ``1..L`` are the transformer layers
 (``0``, the embedding output, has no attention or FFN). The functions that change weights or structure
-(:func:`truncate`, :func:`restore_layers`, :func:`reinit_layers`, :func:`remove_ffn`) work on a deep
+(:func:`truncate`, :func:`restore_layers`, :func:`reinit_layers`, :func:`remove_ffn`,
+:func:`prune_heads`) work on a deep
 copy and leave their input untouched; :func:`freeze_layers` and :func:`freeze_embeddings` change
 ``requires_grad`` in place, as a training setup does.
 
@@ -17,6 +19,8 @@ layers that splits a shared module (pass every position, e.g. ``range(1, L + 1)`
 A removed FFN cannot be expressed in a plain transformers config, so :func:`remove_ffn` records the
 removed layers under the config key :data:`REMOVED_FFN_KEY`; :func:`apply_saved_surgery` re-applies
 the removal after ``from_pretrained`` (``tunescope.models.load_encoder``/``load_classifier`` call it).
+Pruned heads are recorded under :data:`PRUNED_HEADS_KEY` and re-sliced the same way (see
+:mod:`tunescope.models.head_pruning` for the format).
 That record format, and the checks on a model's classifier head, live in :mod:`tunescope.models`
 (``saved_surgery``, ``loading``) so that loading never needs this module; they are re-exported here.
 """
@@ -39,6 +43,13 @@ from torch import nn
 from tunescope._io import atomic_dir
 from tunescope.errors import InputError, UnsupportedArchitectureError
 from tunescope.models.adapters import ArchitectureAdapter, SharedLayerAdapter, get_adapter
+from tunescope.models.head_pruning import (
+    PRUNED_HEADS_KEY,
+    HeadRequest,
+    parse_heads,
+    prune_heads_in_place,
+    pruned_heads,
+)
 from tunescope.models.loading import (
     Encoder,
     _split,
@@ -59,12 +70,15 @@ from tunescope.models.saved_surgery import (
 )
 
 __all__ = [
+    "PRUNED_HEADS_KEY",
     "REMOVED_FFN_KEY",
     "apply_saved_surgery",
     "count_parameters",
     "export",
     "freeze_embeddings",
     "freeze_layers",
+    "prune_heads",
+    "pruned_heads",
     "reinit_layers",
     "remove_ffn",
     "removed_ffn_layers",
@@ -463,6 +477,55 @@ def remove_ffn(model: ModelT, layers: int | Iterable[int]) -> ModelT:
 
 
 # ------------------------------------------------------------------------------------------------
+# head pruning
+# ------------------------------------------------------------------------------------------------
+def prune_heads(model: ModelT, heads: HeadRequest, *, allow_empty_layers: bool = False) -> ModelT:
+    """Remove attention heads physically: their rows of Q, K, V and columns of the output projection.
+
+    The pruned model computes what the unpruned one computes with those heads gated to 0
+    (:func:`~tunescope.models.mask_heads`), with fewer parameters and less work. Head indices are
+    always the original ones (``0..H-1``), also on a model pruned before; naming a head pruned before
+    is a no-op. The removed heads are recorded in ``config.tunescope_pruned_heads`` (``{"3": [0, 5]}``);
+    saved folders hold full-size attention tensors whose pruned slices are zero, so plain
+    ``from_pretrained`` computes the same outputs and ``tunescope.models.load_encoder``/
+    ``load_classifier`` give back the small model (:mod:`tunescope.models.head_pruning` explains the
+    format and the per-family details). Head gates (``mask_heads``) refuse a pruned model.
+
+    Args:
+        model: An Encoder or transformers model; it is not modified.
+        heads: ``{layer: [head, ...]}`` (layer ``1..L``, head ``0..H-1``) or location names
+            ``["layer.3.head.5", ...]`` (``(layer, head)`` pairs work too).
+        allow_empty_layers: Allow removing every head of a layer; its attention block then adds
+            nothing but the output projection's bias (``LayerNorm(h + b_O)``, as masking computes).
+
+    Returns:
+        A new model of the same kind.
+
+    Raises:
+        InputError: Malformed names, out-of-range or repeated heads, a layer left without heads
+            (unless ``allow_empty_layers``), or (ALBERT, one layer module shared by all positions)
+            different head sets for positions that share a module: mask per layer instead.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> enc = tiny_model("bert")  # d_model 32, 4 heads of 8
+        >>> small = prune_heads(enc, ["layer.1.head.0", "layer.2.head.3"])
+        >>> count_parameters(enc) - count_parameters(small)  # per head: 3 * (8*32 + 8) + 32*8
+        2096
+        >>> pruned_heads(small)
+        {1: [0], 2: [3]}
+    """
+    hf = _split(model)
+    adapter = get_adapter(hf)
+    config = hf.config
+    chosen = parse_heads(heads, adapter.num_layers(config), adapter.num_heads(config), "prune_heads")
+    new = copy.deepcopy(hf)
+    prune_heads_in_place(new, chosen, allow_empty_layers=allow_empty_layers, what="prune_heads")
+    names = ";".join(f"{layer}:{','.join(map(str, hs))}" for layer, hs in chosen.items())
+    return _like(model, new, f"prune_heads={names}")
+
+
+# ------------------------------------------------------------------------------------------------
 # export
 # ------------------------------------------------------------------------------------------------
 def export(
@@ -509,6 +572,12 @@ def export(
             "(plain from_pretrained would rebuild random FFNs)",
             target,
             _span(removed_ffn_layers(hf)),
+        )
+    if pruned_heads(hf):
+        logger.info(
+            "%s holds a model with pruned heads: its attention tensors are saved at full size with the "
+            "pruned slices zero; tunescope.models.load_* slice them off again",
+            target,
         )
     with atomic_dir(target) as tmp:  # an existing folder is replaced whole, once the new one is written
         hf.save_pretrained(tmp)

@@ -1,4 +1,5 @@
-"""Encoders: loading (path, hub id or memory), architecture adapters, head gates, saved surgery."""
+"""Encoders: loading (path, hub id or memory), architecture adapters, head gates, saved surgery
+(FFN removal, head pruning)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tunescope.models.adapters import (
     get_adapter,
 )
 from tunescope.models.gates import HeadGates, mask_heads
+from tunescope.models.head_pruning import PRUNED_HEADS_KEY, pruned_heads
 from tunescope.models.loading import (
     Encoder,
     default_model_path,
@@ -25,6 +27,7 @@ from tunescope.models.saved_surgery import REMOVED_FFN_KEY, apply_saved_surgery,
 
 __all__ = [
     "ADAPTERS",
+    "PRUNED_HEADS_KEY",
     "REMOVED_FFN_KEY",
     "ArchitectureAdapter",
     "Encoder",
@@ -41,6 +44,7 @@ __all__ = [
     "load_trained_classifier",
     "mask_heads",
     "model_fingerprint",
+    "pruned_heads",
     "removed_ffn_layers",
     "require_classifier",
 ]

@@ -776,7 +776,7 @@ def _load(
     from tunescope.models.saved_surgery import apply_saved_surgery  # here: it imports this module
 
     try:
-        model = apply_saved_surgery(model)  # re-apply FFN removals recorded in the config
+        model = apply_saved_surgery(model)  # re-apply FFN removals / pruned heads the config records
     except ModelLoadError as exc:  # a damaged surgery record: say which file holds it
         if source.folder is None:
             raise

@@ -1,12 +1,14 @@
-"""The saved-surgery format: FFN removals recorded in a model's config, re-applied when it is loaded.
+"""The saved-surgery format: FFN removals and pruned heads recorded in a model's config, re-applied on load.
 
 A removed FFN sublayer cannot be expressed in a plain transformers config, so the surgery lens's
 ``remove_ffn`` replaces the FFN's parts by the parameter-free stand-ins defined here and records the
 removed layers under the config key :data:`REMOVED_FFN_KEY`. ``from_pretrained`` rebuilds every FFN
 with random weights; :func:`apply_saved_surgery` (called by :func:`~tunescope.models.load_encoder` and
 :func:`~tunescope.models.load_classifier`) puts the stand-ins back, so a saved model computes what was
-saved. This module also holds the layer-set checks both the loader and the surgery lens apply (1-based
-layer numbers, ALBERT's shared layer modules), so that a saved record is validated exactly as a request.
+saved. Pruned attention heads are recorded under ``tunescope_pruned_heads`` and re-sliced the same
+way (:mod:`tunescope.models.head_pruning` owns that record and its checks). This module also holds
+the layer-set checks both the loader and the surgery lens apply (1-based layer numbers, ALBERT's
+shared layer modules), so that a saved record is validated exactly as a request.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from tunescope.errors import InputError, ModelLoadError
 from tunescope.models.adapters import ArchitectureAdapter, get_adapter
+from tunescope.models.head_pruning import apply_pruned_heads
 from tunescope.models.loading import Encoder, _split
 
 __all__ = ["REMOVED_FFN_KEY", "apply_saved_surgery", "removed_ffn_layers"]
@@ -172,11 +175,13 @@ def _remove_ffn_in_place(model: transformers.PreTrainedModel, chosen: list[int])
 
 
 def apply_saved_surgery(model: ModelT) -> ModelT:
-    """Re-apply the surgery a saved config records (FFN removals) to a freshly loaded model, in place.
+    """Re-apply the surgery a saved config records (FFN removals, pruned heads) to a loaded model, in place.
 
     ``from_pretrained`` builds every FFN and fills removed ones with random weights (reporting them as
-    missing); this replaces them again, so the model computes what was saved. A model whose config
-    records nothing is returned unchanged. ``tunescope.models.load_encoder``/``load_classifier`` call
+    missing); this replaces them again, so the model computes what was saved. Pruned heads were saved
+    as zero slices of full-size attention tensors; they are checked and sliced off again
+    (:func:`~tunescope.models.head_pruning.apply_pruned_heads`). A model whose config records nothing
+    is returned unchanged. ``tunescope.models.load_encoder``/``load_classifier`` call
     this after loading.
 
     Args:
@@ -186,7 +191,8 @@ def apply_saved_surgery(model: ModelT) -> ModelT:
         ``model`` itself.
 
     Raises:
-        ModelLoadError: The config's ``tunescope_removed_ffn`` entry is not a list of layers in ``1..L``.
+        ModelLoadError: The config's ``tunescope_removed_ffn`` entry is not a list of layers in ``1..L``,
+            or its ``tunescope_pruned_heads`` entry is malformed or does not match the weights.
 
     Example:
         >>> from tunescope.testing.tiny import tiny_model
@@ -197,6 +203,7 @@ def apply_saved_surgery(model: ModelT) -> ModelT:
         (True, 2501)
     """
     hf = _split(model)
+    apply_pruned_heads(hf)
     value = getattr(hf.config, REMOVED_FFN_KEY, None)
     if not value:
         return model
