@@ -311,4 +311,12 @@ def test_docs_example_runs() -> None:
 
     text = (pathlib.Path(__file__).parents[1] / "docs" / "probing.md").read_text(encoding="utf-8")
     code = text.split("```python\n")[1].split("```")[0]
-    exec(compile(code, "docs/probing.md", "exec"), {})
+    ns: dict = {}
+    exec(compile(code, "docs/probing.md", "exec"), ns)
+    # layer l adds l * e_y to noise: layer 0 carries no signal, the signal grows with l
+    accuracy, values, rows = ns["accuracy"], ns["values"], ns["rows"]
+    assert accuracy[0] < 0.45 < 0.9 < accuracy[3]
+    assert [accuracy[k] for k in range(4)] == sorted(accuracy[k] for k in range(4))
+    assert [values[k] for k in range(4)] == sorted((values[k] for k in range(4)), reverse=True)
+    assert [r["layer"] for r in rows] == [0, 1, 2, 3] and abs(rows[0]["selectivity"]) < 0.15
+    assert ns["choice"].adapt_layers == (2, 3) and ns["choice"].dropped_layers == ()

@@ -15,10 +15,10 @@ from tunescope.errors import DataError
 from tunescope.extract import Representations, extract
 from tunescope.models import load_encoder
 from tunescope.pipeline import AnalyzeConfig, RunContext, analyze, read_manifest
-from tunescope.stages.variability import layer_values, selection_marks
+from tunescope.stages.variability import layer_values
 from tunescope.testing.reference_probing import variability_reference
 from tunescope.testing.tiny import save_model, tiny_model
-from tunescope.variability import layer_variability, select_layers
+from tunescope.variability import layer_variability
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
@@ -78,6 +78,7 @@ def test_variability_table_matches_reference_and_selection(tmp_path, tiny_folder
     assert {(r["model"], int(r["layer"])) for r in rows} == {
         (m, k) for m in ("base", "tuned") for k in range(4)
     }
+    reference = {}
     for model, folder in (("base", tiny_folder), ("tuned", tiny_classifier_folder)):
         reps, labels = _reps(folder, config)
         library = layer_variability(reps, labels)
@@ -86,22 +87,29 @@ def test_variability_table_matches_reference_and_selection(tmp_path, tiny_folder
             assert value == pytest.approx(library[layer], rel=1e-12)
             assert value == pytest.approx(variability_reference(reps[layer].double(), labels), rel=1e-6)
         if model == "base":
-            selection = select_layers(library, config.selection_budget)
-    marks = selection_marks(selection)
+            reference = {layer: variability_reference(reps[layer].double(), labels) for layer in reps.layers}
+    # Xie et al.'s rule, written out here: the classifier on the transformer layer (1..L) of lowest
+    # variability, the budget's layers ending there tuned, the layers above it dropped
+    budget = 2
+    best = min((layer for layer in reference if layer >= 1), key=lambda layer: reference[layer])
+    adapt = list(range(max(1, best - budget + 1), best + 1))
+    dropped = [layer for layer in reference if layer > best]
+    expected = {best: "classifier", **{layer: "adapt" for layer in adapt if layer != best}}
+    expected.update({layer: "dropped" for layer in dropped})
     assert {int(r["layer"]): r["selected"] for r in rows if r["model"] == "base"} == {
-        layer: marks.get(layer, "") for layer in range(4)
+        layer: expected.get(layer, "") for layer in range(4)
     }
     assert {r["selected"] for r in rows if r["model"] == "tuned"} == {""}
     (chosen,) = read_csv(root / "results" / "layer_selection.csv")
-    assert chosen == {
+    assert {k: v for k, v in chosen.items() if k != "reason"} == {
         "budget": "2",
-        "classifier_layer": str(selection.classifier_layer),
-        "adapt_layers": ",".join(map(str, selection.adapt_layers)),
-        "dropped_layers": ",".join(map(str, selection.dropped_layers)),
-        "reason": selection.reason,
+        "classifier_layer": str(best),
+        "adapt_layers": ",".join(map(str, adapt)),
+        "dropped_layers": ",".join(map(str, dropped)),
     }
+    assert chosen["reason"].startswith(f"layer {best} has the lowest variability")
     html = (root / "report.html").read_text()
-    assert "Hidden-state variability" in html and selection.reason in html
+    assert "Hidden-state variability" in html and chosen["reason"] in html
     assert (root / "figures" / "variability.png").exists()
 
 

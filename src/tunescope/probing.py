@@ -135,6 +135,10 @@ def _batched_lbfgs(
     recursion is ``gamma * P`` with the usual ``gamma = s.y / y.P.y`` (Nocedal & Wright, eq. 7.20, with
     ``P`` in place of the identity).
 
+    The function is long (about 75 lines) on purpose: the two-loop recursion, the line search and the
+    memory update share one set of per-problem tensors, and split apart they would pass a dozen of them
+    back and forth; each block (two-loop recursion, Armijo backtracking, memory update) is commented.
+
     Returns:
         ``(w, n_iter)``: the solutions and the (n_problems,) iterations each took.
     """
@@ -600,6 +604,10 @@ def probe_layers(
     Representations, so the words of one sentence stay on one side). Probes are refitted on the control
     labels (:func:`control_labels`, per word type when ``word_types`` is given, else per row) with the same
     procedure, and both are scored on the test rows.
+
+    It is long (about 90 lines, a third of them input checks) because the train, validation and test row
+    sets and their control labels must be cut from one draw, so a word type keeps one control label
+    across the splits; the steps are marked by comments.
 
     Args:
         train_reps, test_reps: layer -> (n_rows, d_model) representations (Representations work, their

@@ -44,7 +44,6 @@ position sharing a module; per-position pruning of ALBERT is only possible with 
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,6 +54,7 @@ import transformers
 from torch import nn
 
 from tunescope.errors import InputError, ModelLoadError, UnsupportedArchitectureError
+from tunescope.locations import parse_location
 from tunescope.models.adapters import ArchitectureAdapter, get_adapter
 
 __all__ = [
@@ -72,7 +72,6 @@ PRUNED_HEADS_KEY = "tunescope_pruned_heads"
 HeadRequest = Mapping[int, Iterable[int]] | Iterable[str | tuple[int, int]] | str
 """Heads to remove: ``{layer: [head, ...]}``, or location names ``"layer.3.head.5"`` / ``(layer, head)``."""
 
-_NAME = re.compile(r"layer\.(\d+)\.head\.(\d+)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,12 +317,15 @@ def parse_heads(heads: HeadRequest, n_layers: int, n_heads: int, what: str) -> d
             )
         for item in items:
             if isinstance(item, str):
-                match = _NAME.fullmatch(item.strip())
-                if match is None:
+                try:
+                    place = parse_location(item)
+                except InputError:
+                    place = None
+                if place is None or place.head is None:
                     raise InputError(
                         f"{what}: {item!r} is not a head location; write 'layer.L.head.H' ({ranges})"
                     )
-                pairs.append((int(match.group(1)), int(match.group(2))))
+                pairs.append((place.layer, place.head))
             elif isinstance(item, (tuple, list)) and len(item) == 2:
                 pairs.append((item[0], item[1]))
             else:

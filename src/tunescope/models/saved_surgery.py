@@ -22,6 +22,7 @@ import transformers
 from torch import nn
 
 from tunescope.errors import InputError, ModelLoadError
+from tunescope.locations import format_layers
 from tunescope.models.adapters import ArchitectureAdapter, get_adapter
 from tunescope.models.head_pruning import apply_pruned_heads
 from tunescope.models.loading import Encoder, _split
@@ -76,10 +77,8 @@ class _SkippedNorm(_RemovedFFNPart):
 # layer sets (shared with the surgery lens)
 # ------------------------------------------------------------------------------------------------
 def _span(layers: Sequence[int]) -> str:
-    """``[1, 2, 3]`` -> ``"1..3"``, ``[2, 5]`` -> ``"2,5"``."""
-    if len(layers) > 2 and list(layers) == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}..{layers[-1]}"
-    return ",".join(str(x) for x in layers)
+    """``[1, 2, 3]`` -> ``"1-3"``, ``[2, 5]`` -> ``"2,5"`` (:func:`tunescope.locations.format_layers`)."""
+    return format_layers(layers)
 
 
 def _layer_list(layers: int | Iterable[int], n_layers: int, what: str) -> list[int]:

@@ -82,67 +82,58 @@ class SimilarityOptions:
                 raise UnknownNameError("RDM comparison", compare, COMPARISONS, hint="fix --similarity.rsa")
 
 
+def _pair_rows(reps: dict[str, Any], a: str, b: str, matrix: Any, **fields: Any) -> list[dict[str, Any]]:
+    """One row per (layer of ``a``, layer of ``b``) of ``matrix``, with ``fields`` in every row."""
+    return [
+        {"model_a": a, "layer_a": la, "model_b": b, "layer_b": lb, **fields, "value": float(matrix[i, j])}
+        for i, la in enumerate(reps[a].layers)
+        for j, lb in enumerate(reps[b].layers)
+    ]
+
+
+def _block_rows(reps: Any, model: str, spec: str, matrix: Any) -> list[dict[str, Any]]:
+    """The contiguous blocks :func:`tunescope.similarity.find_blocks` finds in one model's matrix."""
+    from tunescope.similarity import find_blocks
+
+    found = find_blocks(matrix)
+    return [
+        {
+            "model": model,
+            "measure": spec,
+            "block": number,
+            "first_layer": reps.layers[first],
+            "last_layer": reps.layers[last],
+            "score": found.score,
+        }
+        for number, (first, last) in enumerate(found.blocks)
+    ]
+
+
 def run(ctx: RunContext) -> list[Table]:
     """Layer-by-layer similarity matrices for each model and between the two, with detected blocks."""
-    from tunescope.similarity import cka_matrix, find_blocks
+    from tunescope.similarity import cka_matrix
 
     split = ctx.config.split
     models = ctx.model_names()
     pairs = [(m, m) for m in models] + ([(models[0], models[1])] if len(models) == 2 else [])
     reps = {m: ctx.representations(m) for m in models}
     cka_rows: list[dict[str, Any]] = []
-    rsa_rows: list[dict[str, Any]] = []
     block_rows: list[dict[str, Any]] = []
     opts: SimilarityOptions = ctx.config.options_for("similarity")
     for spec in opts.measures:
         measure, debiased = parse_measure(spec)
         for a, b in pairs:
             matrix = cka_matrix(reps[a], None if a == b else reps[b], measure=measure, debiased=debiased)
-            for i, la in enumerate(reps[a].layers):
-                for j, lb in enumerate(reps[b].layers):
-                    cka_rows.append(
-                        {
-                            "model_a": a,
-                            "layer_a": la,
-                            "model_b": b,
-                            "layer_b": lb,
-                            "measure": spec,
-                            "split": split,
-                            "value": float(matrix[i, j]),
-                        }
-                    )
+            cka_rows += _pair_rows(reps, a, b, matrix, measure=spec, split=split)
             if a == b and measure in BLOCK_MEASURES and len(reps[a].layers) > 1:
-                found = find_blocks(matrix)
-                for number, (first, last) in enumerate(found.blocks):
-                    block_rows.append(
-                        {
-                            "model": a,
-                            "measure": spec,
-                            "block": number,
-                            "first_layer": reps[a].layers[first],
-                            "last_layer": reps[a].layers[last],
-                            "score": found.score,
-                        }
-                    )
+                block_rows += _block_rows(reps[a], a, spec, matrix)
     tables = [Table("cka", CKA_COLUMNS, cka_rows), Table("blocks", BLOCK_COLUMNS, block_rows)]
     if opts.rsa is not None:
         rdm, compare = opts.rsa
+        rsa_rows: list[dict[str, Any]] = []
         for a, b in pairs:
             matrix = cka_matrix(reps[a], None if a == b else reps[b], measure="rsa", rdm=rdm, compare=compare)
-            for i, la in enumerate(reps[a].layers):
-                for j, lb in enumerate(reps[b].layers):
-                    rsa_rows.append(
-                        {
-                            "model_a": a,
-                            "layer_a": la,
-                            "model_b": b,
-                            "layer_b": lb,
-                            "rdm": rdm,
-                            "compare": compare,
-                            "split": split,
-                            "value": float(matrix[i, j]),
-                        }
-                    )
+            rsa_rows += _pair_rows(reps, a, b, matrix, rdm=rdm, compare=compare, split=split)
         tables.append(Table("rsa", RSA_COLUMNS, rsa_rows))
     return tables
 
