@@ -199,7 +199,7 @@ class _Batch:
     inputs: dict[str, Tensor]
     n_tokens: int
     target: Tensor | None = None  # class labels, MLM labels, self-labels or projection directions
-    reference: Tensor | None = None  # the ungated output (kl): probabilities or hidden states
+    reference: Tensor | None = None  # the ungated output (kl): logits or hidden states
 
 
 @dataclass
@@ -397,8 +397,8 @@ class FittedMLMHead(nn.Module):
         self.norm = nn.LayerNorm(width, eps=eps)
         self.bias = nn.Parameter(torch.zeros(vocab))
         self.tied = tied
-        if tied:
-            self._embedding = embedding  # the encoder's own tensor, not a parameter of this module
+        if tied:  # the encoder's own storage, detached: neither a parameter of this head nor trained
+            self._embedding = embedding.detach()
         else:
             self.decoder = nn.Parameter(embedding.detach().clone())
         self.steps = 0
@@ -752,7 +752,7 @@ def _plan_kl(encoder: Encoder, examples: AnyExamples, s: _Settings) -> _Plan:
                 logits = encoder.model(**_to(inputs, device)).logits
             probs = torch.sigmoid(logits) if multi else torch.softmax(logits, -1)
             target = (probs > 0.5).to(logits.dtype) if multi else logits.argmax(-1)
-            batches.append(_Batch(tuple(idx), inputs, _count_tokens(inputs, None), target, probs.cpu()))
+            batches.append(_Batch(tuple(idx), inputs, _count_tokens(inputs, None), target, logits.cpu()))
     finally:
         encoder.model.train(was_training)
 
@@ -778,7 +778,8 @@ def _plan_kl(encoder: Encoder, examples: AnyExamples, s: _Settings) -> _Plan:
                 assert batch.reference is not None
                 logits = encoder.model(**_to(batch.inputs, device)).logits.double()
                 keep = positions(batch, logits)
-                p = batch.reference.to(device).double()[keep]
+                reference = batch.reference.to(device).double()[keep]  # the ungated logits
+                p = torch.sigmoid(reference) if multi else torch.softmax(reference, -1)
                 if multi:
                     q = torch.sigmoid(logits[keep]).clamp(1e-12, 1 - 1e-12)
                     p = p.clamp(1e-12, 1 - 1e-12)
@@ -786,7 +787,7 @@ def _plan_kl(encoder: Encoder, examples: AnyExamples, s: _Settings) -> _Plan:
                     agree += int(((q > 0.5) == (p > 0.5)).all(-1).sum())
                 else:
                     log_q = torch.log_softmax(logits[keep], -1)
-                    kl = (p * (p.clamp_min(1e-300).log() - log_q)).sum(-1)
+                    kl = (p * (torch.log_softmax(reference, -1) - log_q)).sum(-1)
                     agree += int((log_q.argmax(-1) == p.argmax(-1)).sum())
                 kl_total += float(kl.sum())
                 count += int(kl.numel())
