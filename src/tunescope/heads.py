@@ -1396,8 +1396,8 @@ def coherence(
     Example:
         >>> x = torch.arange(12.0).reshape(3, 4)
         >>> rows = coherence(x, x, n_boot=20)
-        >>> sorted((r["statistic"], round(r["value"], 6)) for r in rows if r["statistic"].endswith("l"))
-        [('kendall', 1.0), ('spearman', 1.0)]
+        >>> [(r["statistic"], r["k"], round(r["value"], 6)) for r in rows][:4]
+        [('spearman', nan, 1.0), ('kendall', nan, 1.0), ('jaccard_top', 0.1, 1.0), ('jaccard_bottom', 0.1, 1.0)]
     """
     ks = tuple(float(k) for k in ks)
     if not ks or any(not 0 < k <= 1 for k in ks):
