@@ -466,15 +466,23 @@ def _mlm_batches(encoder: Encoder, rows: list[dict[str, Any]], batch_size: int) 
     return batches
 
 
+def _mlm_source(encoder: Encoder) -> Literal["self", "checkpoint"] | None:
+    """Where the pre-trained MLM head is: the model itself, its checkpoint folder, or nowhere."""
+    if type(encoder.model).__name__.endswith("ForMaskedLM"):
+        return "self"
+    if encoder.path is None or not encoder.adapter.mlm_head_prefixes:
+        return None
+    return "checkpoint" if encoder.describe()["has_mlm_head"] else None
+
+
 def _checkpoint_mlm(encoder: Encoder) -> nn.Module | None:
     """A masked-LM model running ``encoder``'s own base model with the checkpoint's MLM head, or None."""
     model = encoder.model
-    if type(model).__name__.endswith("ForMaskedLM"):
+    source = _mlm_source(encoder)
+    if source is None:
+        return None
+    if source == "self":
         return model
-    if encoder.path is None or not encoder.adapter.mlm_head_prefixes:
-        return None
-    if not encoder.describe()["has_mlm_head"]:
-        return None
     import transformers
 
     try:
@@ -875,7 +883,7 @@ constant). Gradient-magnitude importance needs a first-order signal, so ``kl`` d
 
 - for a classifier: ``-log q_g(ŷ)`` with ``ŷ = argmax p`` fixed from the ungated model (the KL from
   the ungated model's *decision* to the gated distribution; multi-label heads: binary cross-entropy
-  against ``p > 0.5``);
+  against ``p > 0.5``; token classifiers: every real token of each example);
 - for a base encoder: ``(1/T) sum_t <r_t, h_t(g)>``, ``r_t ~ N(0, I)`` seeded per example, ``h_t`` the
   last hidden state of the ``T`` real tokens. For independent ``r_t``,
   ``E_r[(d/dg_{l,h})^2] = (1/T^2) sum_t ||d h_t / d g_{l,h}||^2``: the curvature at ``g = 1`` of the
@@ -1135,7 +1143,7 @@ def objective_label(
     _objective(objective)
     encoder = _as_encoder(model, tokenizer)
     if objective == "mlm":
-        if _checkpoint_mlm(encoder) is not None:
+        if _mlm_source(encoder) is not None:
             return "mlm"
         if not fit_mlm_head:
             raise InputError(
@@ -1396,8 +1404,8 @@ def coherence(
     Example:
         >>> x = torch.arange(12.0).reshape(3, 4)
         >>> rows = coherence(x, x, n_boot=20)
-        >>> [(r["statistic"], r["k"], round(r["value"], 6)) for r in rows][:4]
-        [('spearman', nan, 1.0), ('kendall', nan, 1.0), ('jaccard_top', 0.1, 1.0), ('jaccard_bottom', 0.1, 1.0)]
+        >>> [(r["statistic"], r["k"], round(r["value"], 6)) for r in rows][:3]
+        [('spearman', nan, 1.0), ('kendall', nan, 1.0), ('jaccard_top', 0.1, 1.0)]
     """
     ks = tuple(float(k) for k in ks)
     if not ks or any(not 0 < k <= 1 for k in ks):
