@@ -84,14 +84,14 @@ def test_extract_user_file_tokens(tmp_path, tiny_folder, capsys):
     [
         (["extract", "TINY", "--pooling", "max", "--out", "OUT"], "unknown pooling 'max'"),
         (["extract", "TINY", "--task", "nope", "--out", "OUT"], "unknown task 'nope'"),
-        (["extract", "TINY", "--layers", "a,b", "--out", "OUT"], "--layers must be comma-separated"),
+        (["extract", "TINY", "--layers", "a,b", "--out", "OUT"], "--layers takes layer numbers"),
         (["extract", "/no/such/model", "--out", "OUT"], "/no/such/model"),
         (["extract", "TINY", "--data", "/no/such.csv", "--text", "t", "--out", "OUT"], "/no/such.csv"),
         (["analyze", "TINY", "--pooling", "tokens", "--out", "RUN"], "unknown sentence pooling"),
         (["report", "RUN"], "not a tunescope run folder"),
         (["compare", "TINY", "TINY", "--measure", "cka", "--out", "RUN"], "unknown similarity measure 'cka'"),
         (["compare", "TINY", "TINY", "--rsa", "euclid,spearman", "--out", "RUN"], "unknown RDM method"),
-        (["compare", "TINY", "TINY", "--rsa", "correlation", "--out", "RUN"], "--rsa takes RDM,COMPARE"),
+        (["compare", "TINY", "TINY", "--rsa", "correlation", "--out", "RUN"], "--similarity.rsa takes RDM,COMPARE"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, tiny_folder, capsys, args, words):

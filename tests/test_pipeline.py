@@ -325,6 +325,7 @@ BAD_FIELDS = {
 BAD_OPTIONS = {
     "similarity.measures": ("no_such_measure",),
     "similarity.rsa": ("no-such-rdm", "spearman"),
+    "truncation.max_loss": -1.0,
     "ffn.layers": (0,),
     "variability.budget": 0,
     "probes.tasks": ("no-such-probe",),

@@ -104,7 +104,7 @@ def test_a_task_without_default_domains_writes_nothing_with_a_note(tmp_path, bas
     config = _config(tmp_path, base_folder, tuned_folder, task="sst2", data_dir=str(glue.parent))
     root = analyze(config, progress=False)
     assert not (root / "results" / "domains.csv").exists()
-    assert "sst2 has no default; pass --ood-tasks" in " ".join(read_manifest(root)["notes"])
+    assert "sst2 has no default; pass --domains.ood-tasks" in " ".join(read_manifest(root)["notes"])
     assert read_manifest(root)["stages"]["domains"]["status"] == "done"
 
 

@@ -85,7 +85,7 @@ def test_ablation_rows_are_the_surgery_functions_evaluated(tmp_path, tiny_folder
         ("reinit", "2"),
         ("reinit", "3"),
         ("restore_top", "3"),
-        ("restore_top", "2-3"),
+        ("restore_top", "2,3"),
         ("restore_top", "1-3"),
     ]
     tuned, base = load_classifier(given_tuned), load_encoder(tiny_folder)  # loaded afresh
@@ -94,7 +94,7 @@ def test_ablation_rows_are_the_surgery_functions_evaluated(tmp_path, tiny_folder
         expected["restore", str(layer)] = _accuracy(restore_layers(tuned, base, [layer]), examples)
         expected["reinit", str(layer)] = _accuracy(reinit_layers(tuned, [layer], seed=0), examples)
     expected["restore_top", "3"] = expected["restore", "3"]
-    expected["restore_top", "2-3"] = _accuracy(restore_layers(tuned, base, [2, 3]), examples)
+    expected["restore_top", "2,3"] = _accuracy(restore_layers(tuned, base, [2, 3]), examples)
     expected["restore_top", "1-3"] = _accuracy(restore_layers(tuned, base, [1, 2, 3]), examples)
     reference = expected["none", ""]
     for row in rows:

@@ -290,7 +290,7 @@ def test_selection_sentence_orders_by_the_numbers():
         "full": _row("full", 0.81, "all", 1000, 100.0, 6),
     }
     assert sentence(rows) == (
-        "Tuning only layers 3–4 with the classifier on layer 4 (chosen by variability) reaches 0.790 "
+        "Tuning only layers 3,4 with the classifier on layer 4 (chosen by variability) reaches 0.790 "
         "accuracy: above the top 2 layers (0.770) and below full fine-tuning (0.810), training 14% of the "
         "parameters in 45% of the time. Best accuracy: full fine-tuning (0.810)."
     )
