@@ -49,6 +49,7 @@ from tunescope.inference import (
     max_length_for,
 )
 from tunescope.inference import evaluate as evaluate_task
+from tunescope.locations import location
 from tunescope.models.gates import HeadGates
 from tunescope.models.loading import Encoder, from_model, require_classifier, resolve_device
 
@@ -66,6 +67,7 @@ __all__ = [
     "fit_mlm_head",
     "head_importance",
     "head_importance_batches",
+    "least_important",
     "normalize_by_layer",
     "objective_label",
     "prune_curve",
@@ -1202,7 +1204,53 @@ def _prune_more(scores: Tensor, alive: Tensor, target: int, scope: Scope, allow_
 
 
 def _locations(alive: Tensor) -> str:
-    return ";".join(f"layer.{layer + 1}.head.{head}" for layer, head in (~alive).nonzero().tolist())
+    return ";".join(location(layer + 1, head=head) for layer, head in (~alive).nonzero().tolist())
+
+
+def least_important(
+    scores: Tensor, fraction: float, *, scope: str = "global", allow_empty_layers: bool = False
+) -> dict[int, list[int]]:
+    """The heads to prune: the ``fraction`` of all heads with the lowest scores, one shot.
+
+    ``scores`` is an importance map (L, H) (:func:`head_importance`; normalise it per layer first for
+    a global ranking, as Michel et al. do). With ``scope="global"`` the last head of a layer is kept
+    unless ``allow_empty_layers``; with ``scope="layer"`` every layer loses the same number of heads.
+    The result feeds :func:`tunescope.surgery.prune_heads` or :func:`tunescope.models.mask_heads`.
+
+    Raises:
+        InputError: ``fraction`` outside [0, 1), or more heads asked for than may go.
+
+    Example:
+        >>> least_important(torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.8, 0.7]]), 0.5)
+        {1: [1, 2], 2: [0]}
+    """
+    if not isinstance(scores, Tensor) or scores.ndim != 2:
+        raise InputError("scores must be an (n_layers, n_heads) tensor, as head_importance returns")
+    if isinstance(fraction, bool) or not 0 <= fraction < 1:
+        raise InputError(f"fraction must be in [0, 1), got {fraction!r}; e.g. 0.3 prunes 30% of the heads")
+    if scope not in ("global", "layer"):
+        raise UnknownNameError("scope", scope, ("global", "layer"))
+    n_layers, n_heads = scores.shape
+    typed: Scope = "global" if scope == "global" else "layer"
+    total = n_layers * n_heads if typed == "global" else n_heads
+    target = round(fraction * total)
+    limit = total - (0 if allow_empty_layers else (n_layers if typed == "global" else 1))
+    if target > limit:
+        raise InputError(
+            f"pruning {target} of {total} heads would empty a layer; prune at most {limit} "
+            "(a smaller fraction), or pass allow_empty_layers=True"
+        )
+    alive = _prune_more(
+        scores.double().cpu(),
+        torch.ones(n_layers, n_heads, dtype=torch.bool),
+        target,
+        typed,
+        allow_empty_layers,
+    )
+    chosen: dict[int, list[int]] = {}
+    for layer, head in (~alive).nonzero().tolist():
+        chosen.setdefault(layer + 1, []).append(head)
+    return chosen
 
 
 def prune_curve(
