@@ -91,7 +91,7 @@ def test_extract_user_file_tokens(tmp_path, tiny_folder, capsys):
         (["report", "RUN"], "not a tunescope run folder"),
         (["compare", "TINY", "TINY", "--measure", "cka", "--out", "RUN"], "unknown similarity measure 'cka'"),
         (["compare", "TINY", "TINY", "--rsa", "euclid,spearman", "--out", "RUN"], "unknown RDM method"),
-        (["compare", "TINY", "TINY", "--rsa", "correlation", "--out", "RUN"], "--similarity.rsa takes RDM,COMPARE"),
+        (["compare", "TINY", "TINY", "--rsa", "correlation", "--out", "RUN"], "takes RDM,COMPARE"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, tiny_folder, capsys, args, words):

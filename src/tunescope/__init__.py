@@ -55,6 +55,10 @@ _LAZY = {
     "reinit_layers": "tunescope.surgery",
     "freeze_layers": "tunescope.surgery",
     "export": "tunescope.surgery",
+    "head_importance": "tunescope.heads",
+    "prune_curve": "tunescope.heads",
+    "coherence": "tunescope.heads",
+    "prune_heads": "tunescope.surgery",
     "format_layers": "tunescope.locations",
     "parse_layers": "tunescope.locations",
 }
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
     from tunescope.extract import POOLINGS, Representations, extract
     from tunescope.ffn import ffn_cka
     from tunescope.finetune import FinetuneConfig, FinetuneResult
+    from tunescope.heads import coherence, head_importance, prune_curve
     from tunescope.inference import evaluate
     from tunescope.layerstats import layer_statistics
     from tunescope.locations import format_layers, parse_layers
@@ -81,7 +86,15 @@ if TYPE_CHECKING:
     from tunescope.probing import LayerProbes, probe_layers
     from tunescope.report import build_report
     from tunescope.similarity import MinibatchCKA, cka_matrix, find_blocks, linear_cka, rbf_cka, rsa
-    from tunescope.surgery import export, freeze_layers, reinit_layers, remove_ffn, restore_layers, truncate
+    from tunescope.surgery import (
+        export,
+        freeze_layers,
+        prune_heads,
+        reinit_layers,
+        remove_ffn,
+        restore_layers,
+        truncate,
+    )
     from tunescope.truncation import truncation_sweep
     from tunescope.variability import layer_variability, select_layers
 
@@ -162,6 +175,10 @@ __all__ = [
     "reinit_layers",
     "freeze_layers",
     "export",
+    "head_importance",
+    "prune_curve",
+    "coherence",
+    "prune_heads",
     "format_layers",
     "parse_layers",
 ]
