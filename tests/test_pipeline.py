@@ -331,6 +331,12 @@ BAD_OPTIONS = {
     "probes.tasks": ("no-such-probe",),
     "probes.conllu": "/no/such/file.conllu",
     "domains.ood_tasks": ("no-such-task",),
+    "heads.limit": -1,
+    "heads.step": 0.0,
+    "heads.rescore": "maybe",
+    "heads.random_seeds": -1,
+    "heads.max_loss": -1.0,
+    "heads.transfer_fraction": 1.0,
 }
 
 

@@ -267,3 +267,17 @@ def _export(model: nn.Module, tokenizer: Any, folder: Path) -> None:
     plain: Any = merge() if callable(merge) else model
     plain.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def fresh_classifier(source: str | os.PathLike[str] | None, task: Any, seed: int) -> Encoder:
+    """The pre-trained model with a fresh task head drawn exactly as :func:`~tunescope.finetune.finetune`
+    draws it (``load_classifier`` under ``torch.manual_seed(seed)``).
+
+    Experiments that change the model before fine-tuning it (FFN removal, head pruning) start from
+    this, so the changed model starts from the head the full model started from; ``finetune`` cannot
+    put a head on a *base* Encoder that was already changed.
+    """
+    problem_type = "regression" if task.label_kind == "regression" else "single_label_classification"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_classifier(source, num_labels=task.num_labels, problem_type=problem_type)

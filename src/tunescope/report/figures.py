@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["plot_layer_curves", "plot_similarity_matrix"]
+__all__ = ["plot_head_importance", "plot_layer_curves", "plot_similarity_matrix"]
 
 
 def _axes(ax: Axes | None, size: tuple[float, float] = (5.0, 4.0)) -> tuple[Figure, Axes]:
@@ -103,4 +103,25 @@ def plot_similarity_matrix(
         i, j = list(layers_a).index(first), list(layers_a).index(last)
         ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), j - i + 1, j - i + 1, fill=False, ec="cyan", lw=1.5))
     fig.colorbar(image, ax=ax, label=measure, shrink=0.85)
+    return fig
+
+
+def plot_head_importance(matrix: np.ndarray, *, title: str = "", ax: Axes | None = None) -> Figure:
+    """Heatmap of a head-importance map: rows are layers ``1..L`` (bottom to top), columns heads ``0..H-1``.
+
+    Args:
+        matrix: (L, H) importance, e.g. normalised per layer (then each row has unit L2 norm).
+        title: what the map is (model and objective).
+        ax: axes to draw on (a new figure when None).
+    """
+    n_layers, n_heads = matrix.shape
+    fig, ax = _axes(ax, (0.28 * n_heads + 1.8, 0.3 * n_layers + 1.4))
+    image = ax.imshow(matrix, origin="lower", cmap="viridis", aspect="auto")
+    ax.set_xticks(range(n_heads), [str(h) for h in range(n_heads)], fontsize=7)
+    ax.set_yticks(range(n_layers), [str(layer) for layer in range(1, n_layers + 1)], fontsize=7)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="importance", shrink=0.85)
     return fig

@@ -32,8 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from tunescope.errors import InputError
 from tunescope.ffn import check_ffn_layers, choose_ffn_layers, default_count, ffn_cka
 from tunescope.locations import format_layers, parse_layers
@@ -51,20 +49,10 @@ CKA_COLUMNS = ("layer", "cka", "chosen")
 
 
 def _start_model(ctx: RunContext) -> Encoder:
-    """The pre-trained model with a fresh task head drawn as :func:`~tunescope.finetune.finetune` draws it.
+    """The pre-trained model with the fresh task head the full model started from."""
+    from tunescope.finetune.model import fresh_classifier
 
-    ``finetune`` loads a base checkpoint with ``load_classifier(num_labels, problem_type)`` under
-    ``torch.manual_seed(seed)``; doing the same here gives the FFN-removed model the head the full model
-    started from. (``finetune`` cannot take a *base* Encoder whose FFNs are removed, so the head is put on
-    before the removal.)
-    """
-    from tunescope.models import load_classifier
-
-    task = ctx.task
-    problem_type = "regression" if task.label_kind == "regression" else "single_label_classification"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.config.seed)
-        return load_classifier(ctx.config.model, num_labels=task.num_labels, problem_type=problem_type)
+    return fresh_classifier(ctx.config.model, ctx.task, ctx.config.seed)
 
 
 def _row(

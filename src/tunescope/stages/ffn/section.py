@@ -68,7 +68,7 @@ def build(sec: Section) -> dict[str, Any] | None:
     )
     fig.axes[0].set_xlabel("layer")
     rows = sec.table("ffn")
-    asked = sec.manifest.get("config", {}).get("ffn_layers") is not None
+    asked = sec.manifest.get("config", {}).get("ffn.layers") is not None
     return {
         "figures": [sec.figure("ffn_cka", fig)],
         "sentence": _sentence(cka, rows, asked),

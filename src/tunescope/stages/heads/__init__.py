@@ -1,0 +1,431 @@
+"""Stage ``heads``: which attention heads matter, for the task and for pre-training (Chiang & Chen 2021).
+
+Michel et al. (2019) score a head by the gradient of a loss with respect to a gate on its output
+(:func:`tunescope.heads.head_importance`). Chiang & Chen (2021) use that score to ask whether the heads
+that matter for the pre-training task (masked-LM) are those that matter downstream, and whether a
+model pruned before fine-tuning does as well as one pruned after. The stage answers both on the run's
+models, with the first ``--heads.limit`` analysis examples:
+
+* ``heads.csv``: importance maps (model, objective, layer, head, location, importance, normalized) of
+  the pre-trained model for ``mlm`` and ``kl``, and of the fine-tuned classifier for ``task``, ``mlm``
+  and ``kl``. A checkpoint without a masked-LM head (the embedded MiniLM) gets one fitted on its frozen
+  encoder, and the objective reads ``mlm (fitted head)``.
+* ``head_coherence.csv``: agreement of two maps (MLM vs task; base vs tuned), Spearman, Kendall and
+  top/bottom-k overlap with bootstrap intervals over batches of examples
+  (:func:`tunescope.heads.coherence`).
+* ``pruning.csv``: the fine-tuned model's metric as its heads are masked ``--heads.step`` of them at a
+  time, ranked by task importance, by MLM importance and at random (the control, one curve per seed),
+  re-scored after each step (Michel et al.); ``head_pruning_summary.csv``: per ranking, how many heads
+  go for at most ``--heads.max-loss`` points and the mean metric over the curve.
+* ``head_speed.csv``: the heads the task ranking says can go, removed physically
+  (:func:`tunescope.surgery.prune_heads`): parameters and seconds per batch before and after.
+* ``head_transfer.csv``: the pre-trained model pruned by MLM importance at ``--heads.transfer-fraction``
+  and then fine-tuned, against the fine-tuned model pruned by task importance at the same fraction and
+  the full model (same recipe and seed): can a task-agnostic pruned model be made before fine-tuning?
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tunescope.errors import InputError
+from tunescope.locations import location
+from tunescope.options import option
+from tunescope.pipeline import RunContext, Stage, Table
+
+if TYPE_CHECKING:
+    from tunescope.data import Examples
+    from tunescope.heads import HeadImportance
+    from tunescope.models import Encoder
+
+__all__ = ["COLUMNS", "HeadsOptions", "SPEED_COLUMNS", "SUMMARY_COLUMNS", "TRANSFER_COLUMNS"]
+
+COLUMNS = ("model", "objective", "layer", "head", "location", "importance", "normalized")
+PAIR_COLUMNS = ("map_a", "map_b", "statistic", "k", "value", "ci_low", "ci_high", "resampled", "n_boot")
+CURVE_COLUMNS = (
+    "model",
+    "rank_by",
+    "seed",
+    "objective",
+    "heads_pruned_fraction",
+    "heads_pruned",
+    "metric",
+    "value",
+    "pruned",
+)
+SUMMARY_COLUMNS = (
+    "model",
+    "rank_by",
+    "metric",
+    "full_value",
+    "max_loss",
+    "heads_prunable",
+    "fraction_prunable",
+    "value_at",
+    "mean_value",
+    "n_seeds",
+)
+SPEED_COLUMNS = (
+    "heads_pruned",
+    "params",
+    "params_pruned",
+    "seconds_per_batch",
+    "seconds_per_batch_pruned",
+    "speedup",
+    "metric",
+    "value",
+    "value_pruned",
+)
+TRANSFER_COLUMNS = (
+    "order",
+    "fraction",
+    "ranked_by",
+    "heads_pruned",
+    "metric",
+    "value",
+    "params",
+    "train_seconds",
+)
+
+
+@dataclass(frozen=True)
+class HeadsOptions:
+    """Options of the ``heads`` stage."""
+
+    limit: int = option(
+        256, help="Analysis examples scored for the maps and the curves (0 = all).", metavar="N"
+    )
+    step: float = option(0.1, help="Share of all heads masked per pruning step.", metavar="FRACTION")
+    rescore: bool = option(True, help="Re-score importance under the mask after each step (Michel et al.).")
+    random_seeds: int = option(3, help="Seeds of the random-ranking control curve.", metavar="N")
+    max_loss: float = option(
+        1.0, help="Points of the metric a prunable set of heads may cost.", metavar="POINTS"
+    )
+    transfer_fraction: float | None = option(
+        0.3, help="Share of heads pruned before vs after fine-tuning; none skips it.", metavar="FRACTION"
+    )
+
+    def __post_init__(self) -> None:
+        checks = (
+            ("limit", isinstance(self.limit, int) and self.limit >= 0, "0 (all) or more examples"),
+            ("step", 0 < self.step < 1, "in (0, 1), e.g. 0.1"),
+            ("random-seeds", isinstance(self.random_seeds, int) and self.random_seeds >= 0, "0 or more"),
+            ("max-loss", self.max_loss >= 0, "0 or more points"),
+            (
+                "transfer-fraction",
+                self.transfer_fraction is None or 0 < self.transfer_fraction < 1,
+                "in (0, 1), or none",
+            ),
+        )
+        for name, ok, want in checks:
+            if not ok:
+                value = getattr(self, name.replace("-", "_"))
+                raise InputError(f"--heads.{name} must be {want}, got {value!r}")
+
+
+def _settings(ctx: RunContext) -> dict[str, Any]:
+    return {
+        "batch_size": ctx.config.batch_size,
+        "max_length": ctx.config.max_length,
+        "progress": ctx.progress,
+        "seed": ctx.config.seed,
+        "cache_dir": ctx.cache_dir / "heads",
+    }
+
+
+def _map_rows(model: str, found: HeadImportance) -> list[dict[str, Any]]:
+    raw, scaled = found.raw, found.scores if found.normalized else None
+    if scaled is None:
+        from tunescope.heads import normalize_by_layer
+
+        scaled = normalize_by_layer(raw)
+    n_layers, n_heads = raw.shape
+    return [
+        {
+            "model": model,
+            "objective": found.label,
+            "layer": layer + 1,
+            "head": head,
+            "location": location(layer + 1, head=head),
+            "importance": float(raw[layer, head]),
+            "normalized": float(scaled[layer, head]),
+        }
+        for layer in range(n_layers)
+        for head in range(n_heads)
+    ]
+
+
+def _maps(
+    ctx: RunContext, examples: Examples, tuned: Encoder | None
+) -> dict[tuple[str, str], HeadImportance]:
+    """Importance maps: the pre-trained encoder for mlm and kl, the fine-tuned classifier for all three."""
+    from tunescope.heads import head_importance_batches
+
+    base_name, tuned_name = ctx.config.labels
+    maps = {}
+    for objective in ("mlm", "kl"):
+        maps[base_name, objective] = head_importance_batches(
+            ctx.encoder(base_name), examples, objective, **_settings(ctx)
+        )
+    if tuned is not None:
+        for objective in ("task", "mlm", "kl"):
+            maps[tuned_name, objective] = head_importance_batches(
+                tuned, examples, objective, **_settings(ctx)
+            )
+    return maps
+
+
+def _coherence_rows(ctx: RunContext, maps: dict[tuple[str, str], HeadImportance]) -> list[dict[str, Any]]:
+    from tunescope.heads import coherence
+
+    base, tuned = ctx.config.labels
+    pairs = [
+        ((tuned, "mlm"), (tuned, "task")),
+        ((tuned, "kl"), (tuned, "task")),
+        ((base, "mlm"), (tuned, "mlm")),
+        ((base, "kl"), (tuned, "kl")),
+    ]
+    if (tuned, "task") not in maps:
+        pairs = [((base, "mlm"), (base, "kl"))]
+    rows: list[dict[str, Any]] = []
+    for key_a, key_b in pairs:
+        a, b = maps[key_a], maps[key_b]
+        names = (f"{key_a[0]}: {a.label}", f"{key_b[0]}: {b.label}")
+        same_batches = a.batch_indices == b.batch_indices
+        rows += coherence(
+            a if same_batches else a.scores,
+            b if same_batches else b.scores,
+            seed=ctx.config.seed,
+            names=names,
+        )
+    return rows
+
+
+def _curves(ctx: RunContext, tuned: Encoder, examples: Examples) -> list[dict[str, Any]]:
+    """Pruning curves of the fine-tuned model, evaluated on the task: ranked by task, MLM and at random."""
+    from tunescope.heads import prune_curve
+
+    opts: HeadsOptions = ctx.config.options_for("heads")
+    rankings = [("task", ctx.config.seed), ("mlm", ctx.config.seed)]
+    rankings += [("random", ctx.config.seed + i) for i in range(opts.random_seeds)]
+    settings = {**_settings(ctx), "metric": ctx.task.metric}
+    rows = []
+    for rank_by, seed in rankings:
+        found = prune_curve(
+            tuned,
+            examples,
+            rank_by=rank_by,
+            objective="task",
+            step=opts.step,
+            rescore=opts.rescore,
+            **{**settings, "seed": seed},
+        )
+        rows += [{**row, "model": ctx.config.labels[1], "seed": seed} for row in found]
+    return rows
+
+
+def _summary(ctx: RunContext, curves: list[dict[str, Any]], total: int) -> list[dict[str, Any]]:
+    """Per ranking: the most heads pruned within ``max_loss`` points, and the curve's mean metric."""
+    max_loss = ctx.config.options_for("heads").max_loss
+    rows = []
+    for rank_by in dict.fromkeys(r["rank_by"] for r in curves):
+        mine = [r for r in curves if r["rank_by"] == rank_by]
+        seeds = sorted({r["seed"] for r in mine})
+        steps = sorted({r["heads_pruned"] for r in mine})
+        mean = {n: statistics.fmean(r["value"] for r in mine if r["heads_pruned"] == n) for n in steps}
+        full = mean[0]
+        within = [n for n in steps if mean[n] >= full - max_loss / 100]
+        most = max(within)
+        rows.append(
+            {
+                "model": mine[0]["model"],
+                "rank_by": rank_by,
+                "metric": mine[0]["metric"],
+                "full_value": full,
+                "max_loss": max_loss,
+                "heads_prunable": most,
+                "fraction_prunable": most / total,
+                "value_at": mean[most],
+                "mean_value": statistics.fmean(mean.values()),
+                "n_seeds": len(seeds),
+            }
+        )
+    return rows
+
+
+def _seconds_per_batch(encoder: Encoder, examples: Examples, batch_size: int, max_length: int) -> float:
+    """Median seconds of a forward pass over batches of ``examples`` (after one warm-up batch)."""
+    from tunescope.inference import collator, features, length_batches
+
+    rows = features(encoder.tokenizer, examples, max_length)
+    collate = collator(encoder.tokenizer, "sequence")
+    batches = list(length_batches(rows, batch_size))[:8]
+    model, device = encoder.model.eval(), encoder.device
+    times = []
+    with torch.inference_mode():
+        for i, batch in enumerate([batches[0], *batches]):  # the first is a warm-up
+            inputs = collate([rows[j] for j in batch])
+            inputs.pop("labels")
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            start = time.perf_counter()
+            model(**inputs)
+            if i:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _speed(
+    ctx: RunContext,
+    tuned: Encoder,
+    examples: Examples,
+    summary: list[dict[str, Any]],
+    curves: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The task ranking's prunable heads removed physically: parameters and latency before and after."""
+    from tunescope.inference import evaluate
+    from tunescope.surgery import count_parameters, prune_heads
+
+    (task_row,) = [r for r in summary if r["rank_by"] == "task"]
+    if not task_row["heads_prunable"]:
+        ctx.note("heads: no head can go within the allowed loss, so nothing is pruned physically.")
+        return []
+    (step,) = [
+        r for r in curves if r["rank_by"] == "task" and r["heads_pruned"] == task_row["heads_prunable"]
+    ]
+    pruned = prune_heads(tuned, step["pruned"].split(";"))
+    max_length = ctx.config.max_length or 128
+    metric = ctx.task.metric
+    scores = [
+        evaluate(m, examples, metric=metric, batch_size=ctx.config.batch_size, max_length=max_length)
+        for m in (tuned, pruned)
+    ]
+    times = [_seconds_per_batch(m, examples, ctx.config.batch_size, max_length) for m in (tuned, pruned)]
+    return [
+        {
+            "heads_pruned": task_row["heads_prunable"],
+            "params": count_parameters(tuned),
+            "params_pruned": count_parameters(pruned),
+            "seconds_per_batch": times[0],
+            "seconds_per_batch_pruned": times[1],
+            "speedup": times[0] / times[1],
+            "metric": metric,
+            "value": scores[0][metric],
+            "value_pruned": scores[1][metric],
+        }
+    ]
+
+
+def _transfer(
+    ctx: RunContext, tuned: Encoder, maps: dict[tuple[str, str], HeadImportance]
+) -> list[dict[str, Any]]:
+    """Prune-then-tune (by the pre-trained model's MLM importance) vs tune-then-prune (by task importance)."""
+    from tunescope.finetune.model import fresh_classifier
+    from tunescope.heads import least_important
+    from tunescope.inference import evaluate
+    from tunescope.models import load_classifier
+    from tunescope.surgery import count_parameters, prune_heads
+
+    fraction = ctx.config.options_for("heads").transfer_fraction
+    base, tuned_name = ctx.config.labels
+    examples, metric = ctx.examples(), ctx.task.metric
+    max_length = ctx.config.max_length or 128
+
+    def score(model: Encoder) -> float:
+        return evaluate(
+            model, examples, metric=metric, batch_size=ctx.config.batch_size, max_length=max_length
+        )[metric]
+
+    full_result = ctx.train("tuned") if ctx.config.tuned is None else ctx.train("full")
+    full = tuned if ctx.config.tuned is None else load_classifier(full_result.path, device=str(ctx.device))
+    before = least_important(maps[base, "mlm"].scores, fraction)
+    start = prune_heads(fresh_classifier(ctx.config.model, ctx.task, ctx.config.seed), before)
+    trained = ctx.train("heads-pruned-then-tuned", model=start)
+    del start
+    pruned_first = load_classifier(trained.path, device=str(ctx.device))
+    after = least_important(maps[tuned_name, "task"].scores, fraction)
+    pruned_after = prune_heads(full, after)
+    n_pruned = sum(len(h) for h in before.values())
+    return [
+        {
+            "order": "full",
+            "fraction": 0.0,
+            "ranked_by": "",
+            "heads_pruned": 0,
+            "metric": metric,
+            "value": score(full),
+            "params": count_parameters(full),
+            "train_seconds": full_result.train_seconds,
+        },
+        {
+            "order": "prune_then_tune",
+            "fraction": fraction,
+            "ranked_by": f"{base}: {maps[base, 'mlm'].label}",
+            "heads_pruned": n_pruned,
+            "metric": metric,
+            "value": score(pruned_first),
+            "params": count_parameters(pruned_first),
+            "train_seconds": trained.train_seconds,
+        },
+        {
+            "order": "tune_then_prune",
+            "fraction": fraction,
+            "ranked_by": f"{tuned_name}: task",
+            "heads_pruned": sum(len(h) for h in after.values()),
+            "metric": metric,
+            "value": score(pruned_after),
+            "params": count_parameters(pruned_after),
+            "train_seconds": full_result.train_seconds,
+        },
+    ]
+
+
+def run(ctx: RunContext) -> list[Table]:
+    """Importance maps, their coherence, pruning curves, physical pruning and the transfer experiment."""
+    opts: HeadsOptions = ctx.config.options_for("heads")
+    examples = ctx.examples()
+    if opts.limit and len(examples) > opts.limit:
+        examples = examples.head(opts.limit)
+        ctx.note(f"heads: importance maps and pruning curves use the first {opts.limit} analysis examples.")
+    tuned = ctx.classifier() if ctx.has_classifier("heads") else None
+    maps = _maps(ctx, examples, tuned)
+    tables = [
+        Table(
+            "heads", COLUMNS, [row for (model, _), found in maps.items() for row in _map_rows(model, found)]
+        ),
+        Table("head_coherence", PAIR_COLUMNS, _coherence_rows(ctx, maps)),
+    ]
+    if tuned is None:
+        return tables
+    curves = _curves(ctx, tuned, examples)
+    summary = _summary(ctx, curves, tuned.num_layers * tuned.num_heads)
+    tables += [
+        Table("pruning", CURVE_COLUMNS, curves),
+        Table("head_pruning_summary", SUMMARY_COLUMNS, summary),
+        Table("head_speed", SPEED_COLUMNS, _speed(ctx, tuned, examples, summary, curves)),
+    ]
+    if opts.transfer_fraction is None:
+        ctx.note("heads: --heads.transfer-fraction none, so pruning before vs after fine-tuning is skipped.")
+    elif not ctx.config.finetune:
+        ctx.note("heads: the run may not fine-tune (--no-finetune), so prune-then-tune is skipped.")
+    else:
+        tables.append(Table("head_transfer", TRANSFER_COLUMNS, _transfer(ctx, tuned, maps)))
+    return tables
+
+
+STAGE = Stage(
+    name="heads",
+    title="Attention heads: importance, pruning, MLM vs task",
+    run=run,
+    options=HeadsOptions,
+    description=(
+        "Gradient importance of every head (Michel et al. 2019) for the task, masked-LM and a label-free "
+        "objective; pruning curves; whether the heads that matter for pre-training matter for the task, "
+        "and pruning before vs after fine-tuning (Chiang & Chen 2021)."
+    ),
+    after=("domains",),
+)
