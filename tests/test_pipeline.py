@@ -268,7 +268,11 @@ def test_default_analyze_on_embedded_model(tmp_path, one_thread):
         out=tmp_path / "demo",
         limit=64,
         train_limit=128,
-        options={"probes": {"tasks": ("pos",)}, "domains": {"ood_tasks": ("amazon-sentiment",)}},
+        options={
+            "probes": {"tasks": ("pos",)},
+            "domains": {"ood_tasks": ("amazon-sentiment",)},
+            "heads": {"limit": 32, "step": 0.25, "random_seeds": 1, "mlm_steps": 30},
+        },
         device="cpu",
     )
     root = analyze(config, progress=False)
@@ -337,6 +341,7 @@ BAD_OPTIONS = {
     "heads.random_seeds": -1,
     "heads.max_loss": -1.0,
     "heads.transfer_fraction": 1.0,
+    "heads.mlm_steps": 0,
 }
 
 

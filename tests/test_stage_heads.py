@@ -8,7 +8,7 @@ import torch
 
 from tunescope._io import read_csv
 from tunescope.errors import InputError
-from tunescope.heads import head_importance_batches, least_important
+from tunescope.heads import fit_mlm_head, head_importance_batches, least_important
 from tunescope.models import load_classifier, load_encoder
 from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
 from tunescope.stages.heads import COLUMNS, SUMMARY_COLUMNS, TRANSFER_COLUMNS
@@ -61,6 +61,10 @@ def test_maps_equal_head_importance_on_the_same_models(run, tiny_folder):
         "tuned": load_classifier(str(root / "models" / "tuned"), device="cpu"),
     }
     expected_maps = {("base", "mlm"), ("base", "kl"), ("tuned", "task"), ("tuned", "mlm"), ("tuned", "kl")}
+    # the tiny checkpoint has no MLM head: one is fitted on the pre-trained encoder and reads both models
+    fitted = fit_mlm_head(
+        models["base"], examples, max_length=config.max_length, seed=config.seed, progress=False
+    )
     seen = set()
     for model, objective in sorted(expected_maps):
         found = head_importance_batches(
@@ -71,7 +75,7 @@ def test_maps_equal_head_importance_on_the_same_models(run, tiny_folder):
             max_length=config.max_length,
             progress=False,
             seed=config.seed,
-            cache_dir=root / "cache" / "heads",
+            mlm_head=fitted if objective == "mlm" else None,
         )
         mine = [r for r in rows if r["model"] == model and r["objective"] == found.label]
         assert len(mine) == 3 * 4, (model, objective)

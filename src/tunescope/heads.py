@@ -213,6 +213,7 @@ class _Settings:
     cache_dir: Path | None
     progress: bool
     metric: str | Sequence[str] | None = None
+    mlm_head: nn.Module | None = None
 
 
 @dataclass
@@ -676,7 +677,7 @@ def _plan_mlm(encoder: Encoder, examples: AnyExamples, s: _Settings) -> _Plan:
     rows = _mlm_rows(encoder, examples, s.max_length, s.seed, "score")
     batches = _mlm_batches(encoder, rows, s.batch_size)
     device = _device(encoder)
-    checkpoint = _checkpoint_mlm(encoder)
+    checkpoint = None if s.mlm_head is not None else _checkpoint_mlm(encoder)
     head: nn.Module
     if checkpoint is not None:
         mlm_model = checkpoint
@@ -693,7 +694,7 @@ def _plan_mlm(encoder: Encoder, examples: AnyExamples, s: _Settings) -> _Plan:
                 "fit_mlm_head=True to fit one on the frozen encoder (labelled 'mlm (fitted head)'), or "
                 "load a checkpoint saved with its MLM head"
             )
-        fitted = fit_mlm_head(
+        fitted = s.mlm_head or fit_mlm_head(
             encoder,
             examples,
             max_length=s.max_length,
@@ -1004,6 +1005,7 @@ def head_importance_batches(
     progress: bool = True,
     seed: int = 0,
     fit_mlm_head: bool = True,
+    mlm_head: nn.Module | None = None,
     cache_dir: str | Path | None = None,
     tokenizer: Any = None,
 ) -> HeadImportance:
@@ -1032,6 +1034,9 @@ def head_importance_batches(
         progress: Progress bars on stderr.
         seed: Seeds the MLM masks, the ``kl`` projections of a base encoder and a fitted MLM head.
         fit_mlm_head: For ``mlm`` on a checkpoint without MLM head: fit one (else raise).
+        mlm_head: For ``mlm``: a head fitted before (:func:`fit_mlm_head`, mapping last hidden states
+            to vocabulary logits) to use instead of the checkpoint's own or a new fit, e.g. the
+            pre-trained model's head to score a fine-tuned copy on the pre-training objective.
         cache_dir: On-disk cache folder of fitted MLM heads.
         tokenizer: The tokenizer, when ``model`` is a bare transformers model.
 
@@ -1058,7 +1063,13 @@ def head_importance_batches(
     encoder = _prepare(model, examples, tokenizer, device)
     values = _gate_values(encoder, gates)
     settings = _Settings(
-        batch_size, max_length, seed, fit_mlm_head, None if cache_dir is None else Path(cache_dir), progress
+        batch_size,
+        max_length,
+        seed,
+        fit_mlm_head,
+        None if cache_dir is None else Path(cache_dir),
+        progress,
+        mlm_head=mlm_head,
     )
     plan = spec._plan(encoder, examples, settings)
     return _score(encoder, plan, values, normalize, progress)
@@ -1086,6 +1097,7 @@ def head_importance(
     progress: bool = True,
     seed: int = 0,
     fit_mlm_head: bool = True,
+    mlm_head: nn.Module | None = None,
     cache_dir: str | Path | None = None,
     tokenizer: Any = None,
 ) -> Tensor:
@@ -1120,6 +1132,7 @@ def head_importance(
         progress=progress,
         seed=seed,
         fit_mlm_head=fit_mlm_head,
+        mlm_head=mlm_head,
         cache_dir=cache_dir,
         tokenizer=tokenizer,
     ).scores
@@ -1270,6 +1283,7 @@ def prune_curve(
     progress: bool = True,
     seed: int = 0,
     fit_mlm_head: bool = True,
+    mlm_head: nn.Module | None = None,
     cache_dir: str | Path | None = None,
     tokenizer: Any = None,
 ) -> list[dict[str, Any]]:
@@ -1294,7 +1308,7 @@ def prune_curve(
         scope: ``global`` ranks all heads together; ``layer`` prunes the same number in every layer.
         allow_empty_layers: Whether a layer may lose all its heads (default: one is always kept).
         metric: Task metric name(s) for ``objective="task"`` (default as in ``evaluate``).
-        batch_size, max_length, device, progress, seed, fit_mlm_head, cache_dir, tokenizer: As for
+        batch_size, max_length, device, progress, seed, fit_mlm_head, mlm_head, cache_dir, tokenizer: As for
             :func:`head_importance_batches`; ``seed`` also seeds the random ranking.
 
     Returns:
@@ -1332,6 +1346,7 @@ def prune_curve(
         None if cache_dir is None else Path(cache_dir),
         progress,
         metric,
+        mlm_head,
     )
     eval_plan = OBJECTIVES[objective]._plan(encoder, examples, settings)
     rank_plan = None

@@ -9,7 +9,8 @@ models, with the first ``--heads.limit`` analysis examples:
 * ``heads.csv``: importance maps (model, objective, layer, head, location, importance, normalized) of
   the pre-trained model for ``mlm`` and ``kl``, and of the fine-tuned classifier for ``task``, ``mlm``
   and ``kl``. A checkpoint without a masked-LM head (the embedded MiniLM) gets one fitted on its frozen
-  encoder, and the objective reads ``mlm (fitted head)``.
+  encoder, and the objective reads ``mlm (fitted head)``; that one head scores both models, so the
+  fine-tuned model is scored on the pre-training task as the pre-trained model reads it.
 * ``head_coherence.csv``: agreement of two maps (MLM vs task; base vs tuned), Spearman, Kendall and
   top/bottom-k overlap with bootstrap intervals over batches of examples
   (:func:`tunescope.heads.coherence`).
@@ -98,7 +99,7 @@ class HeadsOptions:
     """Options of the ``heads`` stage."""
 
     limit: int = option(
-        256, help="Analysis examples scored for the maps and the curves (0 = all).", metavar="N"
+        128, help="Analysis examples scored for the maps and the curves (0 = all).", metavar="N"
     )
     step: float = option(0.1, help="Share of all heads masked per pruning step.", metavar="FRACTION")
     rescore: bool = option(True, help="Re-score importance under the mask after each step (Michel et al.).")
@@ -110,8 +111,13 @@ class HeadsOptions:
         0.3, help="Share of heads pruned before vs after fine-tuning; none skips it.", metavar="FRACTION"
     )
 
+    mlm_steps: int = option(
+        300, help="Adam steps of the MLM head fitted when the checkpoint has none.", metavar="N"
+    )
+
     def __post_init__(self) -> None:
         checks = (
+            ("mlm-steps", isinstance(self.mlm_steps, int) and self.mlm_steps >= 1, "at least 1"),
             ("limit", isinstance(self.limit, int) and self.limit >= 0, "0 (all) or more examples"),
             ("step", 0 < self.step < 1, "in (0, 1), e.g. 0.1"),
             ("random-seeds", isinstance(self.random_seeds, int) and self.random_seeds >= 0, "0 or more"),
@@ -128,14 +134,39 @@ class HeadsOptions:
                 raise InputError(f"--heads.{name} must be {want}, got {value!r}")
 
 
-def _settings(ctx: RunContext) -> dict[str, Any]:
+def _settings(ctx: RunContext, mlm_head: Any = None) -> dict[str, Any]:
     return {
         "batch_size": ctx.config.batch_size,
         "max_length": ctx.config.max_length,
         "progress": ctx.progress,
         "seed": ctx.config.seed,
         "cache_dir": ctx.cache_dir / "heads",
+        "mlm_head": mlm_head,
     }
+
+
+def _pretrained_mlm_head(ctx: RunContext, examples: Examples) -> Any:
+    """The masked-LM head fitted on the frozen pre-trained encoder, when its checkpoint has none.
+
+    Both models are scored on the pre-training objective through this one head, so the fine-tuned
+    model's ``mlm`` importance says which heads its states still need to be read as the pre-trained
+    model's were (a fine-tuned folder keeps no MLM head of its own). ``None``: the checkpoint has its
+    own head, which scores the pre-trained model, and the fine-tuned one gets a head fitted on it.
+    """
+    from tunescope.heads import FITTED_LABEL, fit_mlm_head, objective_label
+
+    base = ctx.encoder(ctx.config.labels[0])
+    if objective_label(base, "mlm") != FITTED_LABEL:
+        return None
+    return fit_mlm_head(
+        base,
+        examples,
+        steps=ctx.config.options_for("heads").mlm_steps,
+        max_length=ctx.config.max_length,
+        seed=ctx.config.seed,
+        cache_dir=ctx.cache_dir / "heads",
+        progress=ctx.progress,
+    )
 
 
 def _map_rows(model: str, found: HeadImportance) -> list[dict[str, Any]]:
@@ -161,7 +192,7 @@ def _map_rows(model: str, found: HeadImportance) -> list[dict[str, Any]]:
 
 
 def _maps(
-    ctx: RunContext, examples: Examples, tuned: Encoder | None
+    ctx: RunContext, examples: Examples, tuned: Encoder | None, mlm_head: Any
 ) -> dict[tuple[str, str], HeadImportance]:
     """Importance maps: the pre-trained encoder for mlm and kl, the fine-tuned classifier for all three."""
     from tunescope.heads import head_importance_batches
@@ -170,12 +201,12 @@ def _maps(
     maps = {}
     for objective in ("mlm", "kl"):
         maps[base_name, objective] = head_importance_batches(
-            ctx.encoder(base_name), examples, objective, **_settings(ctx)
+            ctx.encoder(base_name), examples, objective, **_settings(ctx, mlm_head)
         )
     if tuned is not None:
         for objective in ("task", "mlm", "kl"):
             maps[tuned_name, objective] = head_importance_batches(
-                tuned, examples, objective, **_settings(ctx)
+                tuned, examples, objective, **_settings(ctx, mlm_head)
             )
     return maps
 
@@ -206,14 +237,14 @@ def _coherence_rows(ctx: RunContext, maps: dict[tuple[str, str], HeadImportance]
     return rows
 
 
-def _curves(ctx: RunContext, tuned: Encoder, examples: Examples) -> list[dict[str, Any]]:
+def _curves(ctx: RunContext, tuned: Encoder, examples: Examples, mlm_head: Any) -> list[dict[str, Any]]:
     """Pruning curves of the fine-tuned model, evaluated on the task: ranked by task, MLM and at random."""
     from tunescope.heads import prune_curve
 
     opts: HeadsOptions = ctx.config.options_for("heads")
     rankings = [("task", ctx.config.seed), ("mlm", ctx.config.seed)]
     rankings += [("random", ctx.config.seed + i) for i in range(opts.random_seeds)]
-    settings = {**_settings(ctx), "metric": ctx.task.metric}
+    settings = {**_settings(ctx, mlm_head), "metric": ctx.task.metric}
     rows = []
     for rank_by, seed in rankings:
         found = prune_curve(
@@ -392,7 +423,8 @@ def run(ctx: RunContext) -> list[Table]:
         examples = examples.head(opts.limit)
         ctx.note(f"heads: importance maps and pruning curves use the first {opts.limit} analysis examples.")
     tuned = ctx.classifier() if ctx.has_classifier("heads") else None
-    maps = _maps(ctx, examples, tuned)
+    mlm_head = _pretrained_mlm_head(ctx, examples)
+    maps = _maps(ctx, examples, tuned, mlm_head)
     tables = [
         Table(
             "heads", COLUMNS, [row for (model, _), found in maps.items() for row in _map_rows(model, found)]
@@ -401,7 +433,7 @@ def run(ctx: RunContext) -> list[Table]:
     ]
     if tuned is None:
         return tables
-    curves = _curves(ctx, tuned, examples)
+    curves = _curves(ctx, tuned, examples, mlm_head)
     summary = _summary(ctx, curves, tuned.num_layers * tuned.num_heads)
     tables += [
         Table("pruning", CURVE_COLUMNS, curves),
