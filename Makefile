@@ -49,6 +49,8 @@ $(BENCH)/.installed: pyproject.toml constraints/common.txt constraints/tf5.txt c
 bench: install $(BENCH)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_extract
 	HF_HUB_OFFLINE=1 $(BENCH)/bin/python -m benchmarks.bench_similarity
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_heads
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_head_pruning
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

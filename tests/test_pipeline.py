@@ -16,7 +16,7 @@ from tunescope.data import get_task
 from tunescope.errors import InputError, UnknownNameError
 from tunescope.pipeline import STAGES, AnalyzeConfig, analyze, read_manifest
 from tunescope.report import build_report
-from tunescope.testing.tiny import tiny_model
+from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = pytest.mark.models
 
@@ -26,9 +26,7 @@ def tiny_folder(tmp_path_factory):
     """A tiny random BERT saved as an HF folder, as a user's model would be."""
     folder = tmp_path_factory.mktemp("tiny-bert")
     encoder = tiny_model("bert", num_layers=3)
-    encoder.model.save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_model(encoder, folder)
 
 
 def _config(tmp_path, model, **kwargs):
@@ -61,8 +59,7 @@ def test_analyze_writes_run_folder(tmp_path, tiny_folder):
 def test_two_models_measures_and_rsa(tmp_path, tiny_folder, tmp_path_factory):
     other = tmp_path_factory.mktemp("tiny-bert-other")
     encoder = tiny_model("bert", num_layers=3, seed=1)
-    encoder.model.save_pretrained(other)
-    encoder.tokenizer.save_pretrained(other)
+    save_model(encoder, other)
     config = _config(
         tmp_path,
         tiny_folder,
@@ -110,8 +107,7 @@ def test_truncation_curve_of_a_tuned_classifier(tmp_path, tiny_folder, tmp_path_
 
     folder = tmp_path_factory.mktemp("tiny-bert-classifier")
     classifier = tiny_model("bert", task="classifier", num_labels=2, num_layers=3, seed=2)
-    classifier.model.save_pretrained(folder)
-    classifier.tokenizer.save_pretrained(folder)
+    save_model(classifier, folder)
     config = _config(tmp_path, tiny_folder, tuned=str(folder), stages=("truncation",))
     root = analyze(config, progress=False)
     rows = read_csv(root / "results" / "truncation.csv")

@@ -13,7 +13,7 @@ from tunescope.models import load_classifier, load_encoder
 from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
 from tunescope.stages.heads import COLUMNS, SUMMARY_COLUMNS, TRANSFER_COLUMNS
 from tunescope.surgery import count_parameters, prune_heads
-from tunescope.testing.tiny import tiny_model
+from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
@@ -24,9 +24,7 @@ LIMIT = 40
 def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-bert-heads")
     encoder = tiny_model("bert", num_layers=3)
-    encoder.model.save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_model(encoder, folder)
 
 
 @pytest.fixture(scope="module")
