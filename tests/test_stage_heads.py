@@ -11,7 +11,7 @@ from tunescope.errors import InputError
 from tunescope.heads import fit_mlm_head, head_importance_batches, least_important
 from tunescope.models import load_classifier, load_encoder
 from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
-from tunescope.stages.heads import COLUMNS, SUMMARY_COLUMNS, TRANSFER_COLUMNS
+from tunescope.stages.heads import COLUMNS, MAP_BATCH, SUMMARY_COLUMNS, TRANSFER_COLUMNS
 from tunescope.surgery import count_parameters, prune_heads
 from tunescope.testing.tiny import save_model, tiny_model
 
@@ -69,7 +69,7 @@ def test_maps_equal_head_importance_on_the_same_models(run, tiny_folder):
             models[model],
             examples,
             objective,
-            batch_size=16,
+            batch_size=MAP_BATCH,
             max_length=config.max_length,
             progress=False,
             seed=config.seed,

@@ -44,6 +44,11 @@ if TYPE_CHECKING:
     from tunescope.heads import HeadImportance
     from tunescope.models import Encoder
 
+MAP_BATCH = 8
+"""Examples per batch of the importance maps: small, so the bootstrap over batches has many (16 of 128)."""
+MIN_BATCHES = 10
+"""Fewest batches for intervals over batches of examples; with fewer, ``coherence`` resamples heads."""
+
 __all__ = ["COLUMNS", "HeadsOptions", "SPEED_COLUMNS", "SUMMARY_COLUMNS", "TRANSFER_COLUMNS"]
 
 COLUMNS = ("model", "objective", "layer", "head", "location", "importance", "normalized")
@@ -198,16 +203,15 @@ def _maps(
     from tunescope.heads import head_importance_batches
 
     base_name, tuned_name = ctx.config.labels
+    settings = {**_settings(ctx, mlm_head), "batch_size": MAP_BATCH}
     maps = {}
     for objective in ("mlm", "kl"):
         maps[base_name, objective] = head_importance_batches(
-            ctx.encoder(base_name), examples, objective, **_settings(ctx, mlm_head)
+            ctx.encoder(base_name), examples, objective, **settings
         )
     if tuned is not None:
         for objective in ("task", "mlm", "kl"):
-            maps[tuned_name, objective] = head_importance_batches(
-                tuned, examples, objective, **_settings(ctx, mlm_head)
-            )
+            maps[tuned_name, objective] = head_importance_batches(tuned, examples, objective, **settings)
     return maps
 
 
@@ -227,7 +231,8 @@ def _coherence_rows(ctx: RunContext, maps: dict[tuple[str, str], HeadImportance]
     for key_a, key_b in pairs:
         a, b = maps[key_a], maps[key_b]
         names = (f"{key_a[0]}: {a.label}", f"{key_b[0]}: {b.label}")
-        same_batches = a.batch_indices == b.batch_indices
+        # a bootstrap over batches needs enough of them; else the maps' heads are resampled
+        same_batches = a.batch_indices == b.batch_indices and a.n_batches >= MIN_BATCHES
         rows += coherence(
             a if same_batches else a.scores,
             b if same_batches else b.scores,
