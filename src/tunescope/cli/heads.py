@@ -137,16 +137,17 @@ def heads(
     task_obj = opt.get_task(task)
     if task_obj is None:
         raise InputError("tunescope heads needs --task T: the examples the heads are scored on")
-    trained, saved = _saved_classifier(model)
+    saved = _saved_classes(model)
+    trained = saved is not None and any(a.endswith("ForSequenceClassification") for a in saved)
     chosen = objective or ("task" if trained else "kl")
     evaluated = "task" if trained else "kl"
     ranking = rank_by or chosen
     needs_task = {chosen, *((ranking, evaluated) if curve else ())}
-    if "task" in needs_task and not trained:
+    if "task" in needs_task and saved is not None and not trained:  # unreadable: the loader says why
         flag = "--objective task" if chosen == "task" else "--rank-by task"
         raise InputError(
             f"{flag} needs a fine-tuned sequence classifier, but {model or 'the embedded model'} was saved "
-            f"as {saved or 'a model'} without a trained classifier head; fine-tune it first "
+            f"as {', '.join(saved) or 'a model'} without a trained classifier head; fine-tune it first "
             "(tunescope finetune MODEL --task T --out DIR) or use --objective kl or mlm"
         )
     examples = opt.task_examples(task_obj, split, data_dir, limit)
@@ -235,10 +236,10 @@ def _check_prune(prune: float | None, export_dir: Path | None, folder: Path) -> 
     return target
 
 
-def _saved_classifier(model: str | None) -> tuple[bool, str]:
-    """Whether the checkpoint's config names a sequence classifier (a trained head), and its classes.
+def _saved_classes(model: str | None) -> list[str] | None:
+    """The classes the checkpoint's config names (``...ForSequenceClassification``: a trained head).
 
-    A config that cannot be read counts as no classifier: the loader then says what is wrong in one line.
+    ``None`` when the config cannot be read: the loader then says what is wrong, in one line.
     """
     import transformers
 
@@ -248,9 +249,8 @@ def _saved_classifier(model: str | None) -> tuple[bool, str]:
     try:
         config = transformers.AutoConfig.from_pretrained(ref)
     except _CONFIG_ERRORS:
-        return False, ""
-    saved = [str(a) for a in (getattr(config, "architectures", None) or [])]
-    return any(a.endswith("ForSequenceClassification") for a in saved), ", ".join(saved)
+        return None
+    return [str(a) for a in (getattr(config, "architectures", None) or [])]
 
 
 def _load(model: str | None, trained: bool, device: torch.device) -> Encoder:
