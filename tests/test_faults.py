@@ -132,6 +132,9 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lines = "".join(f"a good film number {i}\t1\n" for i in range(12))
     for split in ("train", "dev"):
         (one / f"{split}.tsv").write_text("sentence\tlabel\n" + lines)
+    unlabelled = root / "unlabelled" / "SST-2"  # GLUE test files carry no labels
+    unlabelled.mkdir(parents=True)
+    (unlabelled / "test.tsv").write_text("index\tsentence\n" + "".join(f"{i}\ta film\n" for i in range(4)))
     return root
 
 
@@ -177,6 +180,7 @@ COMMANDS: dict[str, Callable[[str], list[str]]] = {
                            "--validation-limit", "8", "--out", "ft", *FAST],
     "truncate": lambda m: ["truncate", m, "--task", "movie-sentiment", "--limit", "8", "--out", "tr", *FAST],
     "compress": lambda m: ["compress", m, "--drop-top", "1", "--out", "small", *FAST],
+    "heads": lambda m: ["heads", m, "--task", "movie-sentiment", "--limit", "8", "--out", "h", *FAST],
 }
 
 BAD_MODELS = {
@@ -238,6 +242,18 @@ BAD_OPTIONS: dict[str, tuple[list[str], str]] = {
                                   "--remove-ffn"),
     "compress-nothing": (["compress", "{assets}/clf", "--out", "c"], "nothing to do"),
     "variability-budget-0": (["variability", "{assets}/model", "--budget", "0", "--out", "v"], "--budget"),
+    "heads-step-1": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune-curve", "--step", "1",
+                      "--out", "h"], "--step"),
+    "heads-prune-1": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "1", "--export",
+                       "e", "--out", "h"], "--prune"),
+    "heads-prune-no-export": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "0.3",
+                               "--out", "h"], "--export"),
+    "heads-prune-empties-layer": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "0.9",
+                                   "--export", "e", "--out", "h", *FAST], "at least one"),
+    "compress-prune-heads-range": (["compress", "{assets}/clf", "--prune-heads", "layer.9.head.0", "--out",
+                                    "c", *FAST], "--prune-heads"),
+    "compress-prune-heads-no-task": (["compress", "{assets}/clf", "--prune-heads", "0.3", "--out", "c"],
+                                     "--task"),
     # names
     "analyze-stage": (["analyze", "--stages", "nope", "--out", "run"], "unknown stage"),
     "analyze-task": (["analyze", "{assets}/model", "--task", "nope", "--out", "run", *FAST], "unknown task"),
@@ -248,6 +264,14 @@ BAD_OPTIONS: dict[str, tuple[list[str], str]] = {
     "compare-measure": (["compare", "{assets}/model", "{assets}/model", "--measure", "nope", "--out", "c"],
                         "unknown similarity measure"),
     "compare-rsa": (["compare", "{assets}/model", "{assets}/model", "--rsa", "nope", "--out", "c"], "--rsa"),
+    "heads-objective": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--objective", "nope", "--out",
+                         "h"], "unknown --objective"),
+    "heads-rank-by": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune-curve", "--rank-by",
+                       "nope", "--out", "h"], "unknown --rank-by"),
+    "heads-task-on-base": (["heads", "{assets}/model", "--task", "movie-sentiment", "--objective", "task",
+                            "--out", "h"], "trained classifier head"),
+    "heads-mlm-no-fit": (["heads", "{assets}/model", "--task", "movie-sentiment", "--objective", "mlm",
+                          "--no-fit-mlm-head", "--out", "h", *FAST], "masked-LM head"),
     "extract-pooling": (["extract", "{assets}/model", "--pooling", "nope", "--out", "r.safetensors"],
                         "pooling"),
     "device": (["extract", "{assets}/model", "--device", "tpu", "--limit", "4", "--out", "r.safetensors"],
@@ -281,6 +305,8 @@ BAD_OPTIONS: dict[str, tuple[list[str], str]] = {
     "analyze-one-class-train": (["analyze", "{assets}/model", "--task", "sst2", "--data-dir",
                                  "{assets}/one-class", "--stages", "finetune", "--out", "run", *ANALYZE],
                                 "only the class"),
+    "heads-unlabelled": (["heads", "{assets}/clf", "--task", "sst2", "--data-dir", "{assets}/unlabelled",
+                          "--split", "test", "--out", "h", *FAST], "needs labels"),
     "finetune-one-class": (["finetune", "{assets}/model", "--task", "sst2", "--data-dir",
                             "{assets}/one-class",
                             "--out", "ft", *FAST], "class"),
@@ -305,6 +331,12 @@ BAD_OPTIONS: dict[str, tuple[list[str], str]] = {
                           "is a file"),
     "compress-out-not-empty": (["compress", "{assets}/clf", "--drop-top", "1", "--out", "{assets}/data"],
                                "not empty"),
+    "heads-out-file": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--out", "{assets}/a-file.txt"],
+                       "is a file"),
+    "heads-out-not-empty": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--out", "{assets}/data"],
+                            "not empty"),
+    "heads-export-not-empty": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "0.3",
+                                "--export", "{assets}/data", "--out", "h"], "--export"),
     "probe-out-file": (["probe", "{assets}/model", "--out", "{assets}/a-file.txt"], "is a file"),
     "variability-out-file": (["variability", "{assets}/model", "--out", "{assets}/a-file.txt"], "is a file"),
     "report-not-a-run": (["report", "{assets}/data"], "not a tunescope run folder"),

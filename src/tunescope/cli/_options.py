@@ -41,15 +41,18 @@ Tuned = Annotated[
 MaxLength = Annotated[int, typer.Option("--max-length", help="Inputs are truncated to this many tokens.")]
 
 
-def new_output_dir(out: Path | None) -> Path:
-    """The ``--out`` folder of a command that exports: required, new or empty, and writable."""
+def new_output_dir(out: Path | None, option: str = "--out") -> Path:
+    """The ``--out`` folder of a command that exports: required, new or empty, and writable.
+
+    ``option`` names the flag in messages (``--export`` for a second output folder).
+    """
     from tunescope._io import check_output_dir
 
     if out is None:
-        raise InputError("--out DIR is required: the new folder the results are written to")
-    folder = check_output_dir(out)
+        raise InputError(f"{option} DIR is required: the new folder the results are written to")
+    folder = check_output_dir(out, option)
     if folder.is_dir() and any(p for p in folder.iterdir() if not p.name.startswith(".")):
-        raise InputError(f"--out {folder} exists and is not empty; choose a new folder or delete it")
+        raise InputError(f"{option} {folder} exists and is not empty; choose a new folder or delete it")
     return folder
 
 
@@ -136,3 +139,50 @@ def metric_line(task: TaskSpec, split: str, examples: Examples, before: float, a
         f"{task.metric} on {task.name} {split} ({len(examples)} examples): {before:.4f} -> {after:.4f} "
         f"({100 * (after - before):+.1f} points)"
     )
+
+
+def check_task_head(encoder: Encoder, task: TaskSpec, fix: str) -> None:
+    """Refuse, before any scoring, a classifier head that cannot score ``task``'s labels."""
+    from tunescope.inference import check_head
+
+    config: Any = encoder.model.config
+    regression = task.label_kind == "regression"
+    check_head(
+        int(config.num_labels),
+        getattr(config, "problem_type", None),
+        regression=regression,
+        n_classes=None if regression else task.num_labels,
+        what=encoder.name,
+        fix=fix,
+    )
+
+
+def check_head_fraction(fraction: float, n_layers: int, n_heads: int, option: str) -> None:
+    """Refuse, before any scoring, a head-pruning fraction that removes no head or empties a layer.
+
+    The count is the one :func:`tunescope.heads.least_important` removes (``round(fraction * L * H)``,
+    at least one head kept per layer), found by a dry run on equal scores.
+    """
+    import math
+
+    import torch
+
+    from tunescope.heads import least_important
+
+    total = n_layers * n_heads
+    if not 0 <= fraction < 1:
+        raise InputError(f"{option} {fraction} must be in [0, 1); e.g. 0.3 removes 30% of the heads")
+    try:
+        chosen = least_important(torch.zeros(n_layers, n_heads), fraction)
+    except InputError:
+        limit = total - n_layers
+        most = math.floor(100 * limit / total) / 100
+        raise InputError(
+            f"{option} {fraction} would remove {round(fraction * total)} of {total} heads, but every layer "
+            f"keeps at least one; remove at most {limit} ({option} {most} or less)"
+        ) from None
+    if not chosen:
+        raise InputError(
+            f"{option} {fraction} removes none of the {total} heads; pass a larger fraction "
+            f"(at least {1 / total:.3f} removes one)"
+        )

@@ -22,6 +22,7 @@ from tunescope.cli import (
     compress,
     extract,
     finetune,
+    heads,
     info,
     probe,
     report,
@@ -42,6 +43,7 @@ for module in (info, tasks, extract, compare, finetune, analyze, report, variabi
     module.register(app)
 truncate.register(app)
 compress.register(app)
+heads.register(app)
 probe.register(app)
 
 INTERRUPTED = "interrupted: completed work is kept; rerun the same command to resume"
