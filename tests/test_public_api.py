@@ -33,11 +33,20 @@ def test_each_lens_has_an_entry_point():
             assert getattr(tunescope, name).__module__.startswith(f"tunescope.{module}"), name
 
 
-def test_finetune_is_the_module_not_shadowed_by_its_function():
+def test_modules_are_not_shadowed_by_their_functions():
+    import tunescope.extract
     import tunescope.finetune
 
-    assert isinstance(tunescope.finetune, types.ModuleType)
-    assert callable(tunescope.finetune.finetune)
+    for module in (tunescope.finetune, tunescope.extract):
+        assert isinstance(module, types.ModuleType)
+    assert callable(tunescope.finetune.finetune) and callable(tunescope.extract.extract)
+
+
+def test_submodules_are_reachable_from_a_bare_import():
+    calls = "callable(tunescope.extract.extract), callable(tunescope.finetune.finetune)"
+    code = f"import tunescope; print({calls})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]
 
 
 def test_import_tunescope_loads_neither_torch_nor_transformers():

@@ -1,7 +1,9 @@
 """tunescope: see what fine-tuning did inside a transformer encoder, layer by layer and head by head.
 
 The public API, re-exported here and imported on first use; implementations live in the modules named
-in DESIGN.md. ``tunescope.finetune`` is the fine-tuning module (``tunescope.finetune.finetune(...)``).
+in DESIGN.md. ``tunescope.finetune`` and ``tunescope.extract`` are modules, never shadowed by the
+functions of the same name: call ``tunescope.finetune.finetune(...)`` and ``tunescope.extract.extract(...)``
+(importing a submodule sets the package attribute of its name, so a function there would not stay put).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ _LAZY = {
     "load_file": "tunescope.data",
     "POOLINGS": "tunescope.extract",
     "Representations": "tunescope.extract",
-    "extract": "tunescope.extract",
     "FinetuneConfig": "tunescope.finetune",
     "FinetuneResult": "tunescope.finetune",
     "layer_statistics": "tunescope.layerstats",
@@ -63,9 +64,34 @@ _LAZY = {
     "parse_layers": "tunescope.locations",
 }
 
+# submodules reachable as attributes without importing them first
+_SUBMODULES = frozenset(
+    {
+        "data",
+        "extract",
+        "ffn",
+        "finetune",
+        "heads",
+        "inference",
+        "layerstats",
+        "locations",
+        "metrics",
+        "models",
+        "options",
+        "pipeline",
+        "probing",
+        "report",
+        "runfolder",
+        "similarity",
+        "surgery",
+        "truncation",
+        "variability",
+    }
+)
+
 if TYPE_CHECKING:
     from tunescope.data import TASKS, Examples, Task, get_task, load_file
-    from tunescope.extract import POOLINGS, Representations, extract
+    from tunescope.extract import POOLINGS, Representations
     from tunescope.ffn import ffn_cka
     from tunescope.finetune import FinetuneConfig, FinetuneResult
     from tunescope.heads import coherence, head_importance, prune_curve
@@ -107,6 +133,8 @@ def __getattr__(name: str) -> Any:
 
     module = _LAZY.get(name)
     if module is None:
+        if name in _SUBMODULES:  # `tunescope.extract.extract(...)` after a bare `import tunescope`
+            return importlib.import_module(f"tunescope.{name}")
         raise AttributeError(f"module 'tunescope' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
@@ -142,7 +170,6 @@ __all__ = [
     "get_task",
     "load_file",
     # extraction and statistics
-    "extract",
     "Representations",
     "POOLINGS",
     "layer_statistics",

@@ -52,10 +52,11 @@ def silver_tags(
     """Tag ``texts`` with spaCy and return its tokens as words with one silver tag each.
 
     Each text becomes one example whose words are spaCy's tokens (whitespace tokens dropped), so pass
-    ``examples.words`` to :func:`tunescope.extract` (``pooling="tokens"``) to align representations with
-    the tags. Tag ids follow a fixed scheme, identical in every call with the same model: for ``pos`` the
-    17 UPOS tags in :data:`~tunescope.data.conllu.UPOS_TAGS` order, for ``tag`` and ``dep`` the labels of
-    the model's tagger or parser in the model's order; any other value the model emits is appended.
+    ``examples.words`` to :func:`tunescope.extract.extract` (``pooling="tokens"``) to align
+    representations with the tags. Tag ids follow a fixed scheme, identical in every call with the same
+    model: for ``pos`` the 17 UPOS tags in :data:`~tunescope.data.conllu.UPOS_TAGS` order, for ``tag`` and
+    ``dep`` the labels of the model's tagger or parser in the model's order; any other value the model
+    emits is appended.
 
     Args:
         texts: the texts to tag.
