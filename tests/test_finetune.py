@@ -412,7 +412,7 @@ def test_cli_finetune(cli, tiny_folder, tmp_path, capsys, monkeypatch):
     ("extra", "words"),
     [
         (["--train-layers", "7"], "train_layers [7] out of range"),
-        (["--train-layers", "x"], "comma-separated layer numbers"),
+        (["--train-layers", "x"], "takes layer numbers"),
         (["--adapter", "prefix"], "unknown adapter"),
         (["--train-limit", "1"], "train split has 1 example"),
     ],

@@ -38,7 +38,7 @@ def ablations(n_layers: int, *, shared: bool = False) -> list[tuple[str, list[in
 
     Example:
         >>> [f"{a}:{format_layers(ls)}" for a, ls in ablations(2)]
-        ['none:', 'restore:1', 'restore:2', 'reinit:1', 'reinit:2', 'restore_top:2', 'restore_top:1-2']
+        ['none:', 'restore:1', 'restore:2', 'reinit:1', 'reinit:2', 'restore_top:2', 'restore_top:1,2']
     """
     every = list(range(1, n_layers + 1))
     if shared:
