@@ -171,3 +171,22 @@ def test_bad_options_fail_at_the_config(tmp_path, options, message):
     with pytest.raises(InputError, match=message):
         AnalyzeConfig(out=tmp_path / "run", options={"heads": options})
     assert not (tmp_path / "run").exists()
+
+
+def test_albert_is_masked_per_position_and_not_pruned_physically(tmp_path):
+    folder = save_model(tiny_model("albert", num_layers=2), tmp_path / "albert")
+    config = AnalyzeConfig(
+        out=tmp_path / "run",
+        model=folder,
+        limit=24,
+        train_limit=32,
+        batch_size=16,
+        device="cpu",
+        stages=("finetune", "heads"),
+        options={"heads": {"step": 0.5, "random_seeds": 1, "mlm_steps": 20}},
+    )
+    root = analyze(config, progress=False, report=False)
+    curves = read_csv(root / "results" / "pruning.csv")
+    assert {r["rank_by"] for r in curves} == {"task", "mlm", "random"}
+    assert not (root / "results" / "head_speed.csv").exists()
+    assert any("albert runs one shared layer" in note for note in read_manifest(root)["notes"])

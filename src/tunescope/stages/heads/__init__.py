@@ -443,8 +443,15 @@ def run(ctx: RunContext) -> list[Table]:
     tables += [
         Table("pruning", CURVE_COLUMNS, curves),
         Table("head_pruning_summary", SUMMARY_COLUMNS, summary),
-        Table("head_speed", SPEED_COLUMNS, _speed(ctx, tuned, examples, summary, curves)),
     ]
+    if tuned.adapter.shared_layers():
+        ctx.note(
+            f"heads: {tuned.family} runs one shared layer at every position, so heads are masked per "
+            "position but not removed physically (that would remove them everywhere): no speed or "
+            "prune-then-tune tables."
+        )
+        return tables
+    tables.append(Table("head_speed", SPEED_COLUMNS, _speed(ctx, tuned, examples, summary, curves)))
     if opts.transfer_fraction is None:
         ctx.note("heads: --heads.transfer-fraction none, so pruning before vs after fine-tuning is skipped.")
     elif not ctx.config.finetune:
