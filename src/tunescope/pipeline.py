@@ -256,19 +256,26 @@ def ordered(names: Iterable[str] | None = None) -> list[str]:
 
 
 class RunContext:
-    """What stages share in one run: the config, loaded models, data and memoised representations."""
+    """What stages share in one run: the config, its folders, the data, memoised representations and notes.
+
+    Loading the run's models is :class:`~tunescope.runmodels.RunModels`' job (``ctx.models``) and
+    fine-tuning :class:`~tunescope.runmodels.RunTraining`'s (``ctx.training``); the manifest belongs to
+    :mod:`tunescope.runfolder`. The methods ``encoder``, ``classifier``, ``tuned_source``, ``train``
+    and ``finetune_config`` hand on to those two, so a stage reads everything from ``ctx``.
+    """
 
     def __init__(self, config: AnalyzeConfig, *, progress: bool = True) -> None:
+        from tunescope.runmodels import RunModels, RunTraining
+
         self.config = config
         self.root = Path(config.out)
         self.device = resolve_device(config.device)
         self.progress = progress
-        self._encoders: dict[str, Encoder] = {}
         self._reps: dict[tuple[str, str, str], Representations] = {}
         self._examples: dict[str, Examples] = {}
-        self._trained: dict[str, FinetuneResult] = {}
-        self._classifier: Encoder | None = None
         self.notes: dict[str, None] = {}  # ordered set of remarks for the report
+        self.training = RunTraining(config, self.models_dir, self.device, progress=progress)
+        self.models = RunModels(config, self.device, self.training)
 
     def note(self, text: str) -> None:
         """Record a remark about the run (shown at the top of the report)."""
@@ -295,55 +302,23 @@ class RunContext:
 
     def has_tuned(self) -> bool:
         """Whether the run has a second model: given with ``--tuned``, or fine-tuned by the run."""
-        return self.config.tuned is not None or self.config.finetune
+        return self.models.has_tuned()
 
     def model_names(self) -> list[str]:
         """The first model's label (``base``), plus the second's (``tuned``) when the run has one."""
-        first, second = self.config.labels
-        return [first, second] if self.has_tuned() else [first]
+        return self.models.names()
 
     def finetune_config(self, **changes: Any) -> FinetuneConfig:
-        """How this run fine-tunes (epochs, learning rate, batch size, length, seed), with ``changes``."""
-        from tunescope.finetune import FinetuneConfig
-
-        return FinetuneConfig(
-            epochs=self.config.epochs,
-            learning_rate=self.config.learning_rate,
-            batch_size=self.config.batch_size,
-            max_length=self.config.max_length or 128,
-            seed=self.config.seed,
-            **changes,
-        )
+        """How this run fine-tunes, with ``changes`` (:meth:`.RunTraining.finetune_config`)."""
+        return self.training.finetune_config(**changes)
 
     def train(self, name: str, model: Any = None, **changes: Any) -> FinetuneResult:
-        """Fine-tune ``model`` (default: the pre-trained one) on the run's task into ``RUN/models/<name>``.
-
-        The run's :meth:`finetune_config` with ``changes`` decides how; a finished run of the same model,
-        data and config in that folder is reused, and an interrupted one resumes from its last epoch.
-        """
-        from tunescope.finetune import finetune
-
-        if name not in self._trained:
-            self._trained[name] = finetune(
-                self.config.model if model is None else model,
-                self.task,
-                self.models_dir / name,
-                config=self.finetune_config(**changes),
-                data_dir=self.config.data_dir,
-                train_limit=self.config.train_limit,
-                validation_limit=self.config.limit,
-                device=self.device,
-                progress=self.progress,
-            )
-        return self._trained[name]
+        """Fine-tune into ``RUN/models/<name>``, or reuse it (:meth:`.RunTraining.train`)."""
+        return self.training.train(name, model, **changes)
 
     def tuned_source(self) -> str:
         """The fine-tuned model's folder or hub id: ``--tuned``, or the model this run fine-tunes."""
-        if self.config.tuned is not None:
-            return self.config.tuned
-        if not self.config.finetune:
-            raise InputError("this run has no fine-tuned model; pass --tuned DIR, or drop --no-finetune")
-        return str(self.train("tuned").path)
+        return self.models.tuned_source()
 
     def has_classifier(self, stage: str) -> bool:
         """Whether the run has a fine-tuned classifier for the task; if not, a note says why ``stage`` skips.
@@ -362,50 +337,20 @@ class RunContext:
         return True
 
     def classifier(self) -> Encoder:
-        """The fine-tuned model with its task head (for evaluation), loaded once, on the run's device."""
-        if self._classifier is None:
-            from tunescope.models import load_trained_classifier
-
-            self._classifier = load_trained_classifier(
-                self.tuned_source(), device=self.device, purpose=f"evaluating on {self.config.task}"
-            )
-        return self._classifier
+        """The fine-tuned model with its task head, loaded once (:meth:`.RunModels.classifier`)."""
+        return self.models.classifier()
 
     def encoder(self, which: str | None = None) -> Encoder:
-        """The first (``base``) or second (``tuned``) model's encoder, loaded once, on the run's device."""
-        first, second = self.config.labels
-        which = which or first
-        if which not in self._encoders:
-            from tunescope.models import load_encoder
-
-            if which not in (first, second):
-                raise InputError(
-                    f"no model called {which!r} in this run; it has {', '.join(self.model_names())}"
-                )
-            source = self.config.model if which == first else self.tuned_source()
-            self._encoders[which] = load_encoder(source, device=str(self.device))
-        return self._encoders[which]
+        """The ``base`` or ``tuned`` model's encoder, loaded once (:meth:`.RunModels.encoder`)."""
+        return self.models.encoder(which)
 
     def model_records(self) -> dict[str, dict[str, Any]]:
         """Name, folder, fingerprint and family of each model the run loaded, for the manifest."""
-        records = {which: _model_record(encoder) for which, encoder in self._encoders.items()}
-        if self._classifier is not None and self.config.labels[1] not in records:
-            records[self.config.labels[1]] = _model_record(self._classifier)
-        return records
+        return self.models.records()
 
     def trained_records(self) -> dict[str, dict[str, Any]]:
         """Folder, validation metric and training time of each model the run fine-tuned."""
-        return {
-            name: {
-                "path": str(result.path),
-                "metric": result.metric,
-                "best_value": result.best_value,
-                "best_epoch": result.best_epoch,
-                "train_seconds": round(result.train_seconds, 3),
-                "trainable_parameters": result.trainable_parameters,
-            }
-            for name, result in self._trained.items()
-        }
+        return self.training.records()
 
     def examples(self, split: str | None = None) -> Examples:
         """Examples of the run's task (the analysis split by default), limited to ``config.limit``."""
@@ -663,11 +608,6 @@ def _start_manifest(root: Path, config: AnalyzeConfig) -> dict[str, Any]:
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
-
-
-def _model_record(encoder: Encoder) -> dict[str, Any]:
-    path = str(encoder.path) if encoder.path is not None else None
-    return {"name": encoder.name, "path": path, "fingerprint": encoder.fingerprint, "family": encoder.family}
 
 
 def _now() -> str:
