@@ -738,6 +738,11 @@ def _plan_mlm(encoder: Encoder, examples: AnyExamples, s: _Settings) -> _Plan:
 
 # -- kl ---------------------------------------------------------------------------------------------
 def _plan_kl(encoder: Encoder, examples: AnyExamples, s: _Settings) -> _Plan:
+    """The ``kl`` objective of a classifier (a bare encoder: :func:`_plan_kl_hidden`).
+
+    Long (about 65 lines) because its loss and its evaluation are closures over the same batches and
+    the ungated model's reference outputs, computed once here; split apart they would pass all of them.
+    """
     kind = head_kind(encoder.model)
     if kind is None:
         return _plan_kl_hidden(encoder, examples, s)
@@ -1454,6 +1459,9 @@ def coherence(
         per_batch_a: Per-batch sums behind ``a`` (default: ``a`` itself when it is a HeadImportance).
         per_batch_b: Per-batch sums behind ``b``.
         names: ``(map_a, map_b)`` for the table (default: the maps' labels, else ``"a"``, ``"b"``).
+
+    The function is long (about 75 lines) because the statistics of the maps and of every bootstrap
+    draw are computed by one loop over the same resampled indices, for both resampling schemes.
 
     Returns:
         One dict per statistic with the keys of :data:`COHERENCE_COLUMNS`; ``statistic`` is

@@ -96,19 +96,7 @@ def compress(
         )
     model = opt.load_tuned(tuned, resolve_device(device), "tunescope compress")
     n_layers = model.num_layers
-    kept = n_layers - (drop_top or 0)
-    if kept < 1:
-        raise InputError(
-            f"--drop-top {drop_top} leaves no layer of {tuned}'s {n_layers}; choose K in 1..{n_layers - 1}"
-        )
-    for layer in ffn_layers:
-        if not 1 <= layer <= n_layers:
-            raise InputError(f"--remove-ffn {layer}: {tuned} has transformer layers 1..{n_layers}")
-        if layer > kept:
-            raise InputError(
-                f"--remove-ffn {layer}: layer {layer} is dropped by --drop-top {drop_top} "
-                f"(layers 1..{kept} remain)"
-            )
+    kept = _check_layers(tuned, n_layers, drop_top, ffn_layers)
     chosen = _check_heads(model, names, fraction, kept, drop_top) if (names or fraction is not None) else {}
     examples = None
     if task_obj is not None:
@@ -225,6 +213,26 @@ def _describe_heads(chosen: dict[int, list[int]], total: int) -> str:
         return f"heads removed: {', '.join(removed)}"
     per_layer = ", ".join(f"layer {layer}: {len(h)}" for layer, h in sorted(chosen.items()))
     return f"{len(removed)} of {total} heads removed ({per_layer})"
+
+
+def _check_layers(tuned: str, n_layers: int, drop_top: int | None, ffn_layers: tuple[int, ...]) -> int:
+    """The layers kept after ``--drop-top``; every ``--remove-ffn`` layer must be one of them."""
+    from tunescope.errors import InputError
+
+    kept = n_layers - (drop_top or 0)
+    if kept < 1:
+        raise InputError(
+            f"--drop-top {drop_top} leaves no layer of {tuned}'s {n_layers}; choose K in 1..{n_layers - 1}"
+        )
+    for layer in ffn_layers:
+        if not 1 <= layer <= n_layers:
+            raise InputError(f"--remove-ffn {layer}: {tuned} has transformer layers 1..{n_layers}")
+        if layer > kept:
+            raise InputError(
+                f"--remove-ffn {layer}: layer {layer} is dropped by --drop-top {drop_top} "
+                f"(layers 1..{kept} remain)"
+            )
+    return kept
 
 
 def register(app: typer.Typer) -> None:

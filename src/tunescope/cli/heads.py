@@ -137,19 +137,8 @@ def heads(
     task_obj = opt.get_task(task)
     if task_obj is None:
         raise InputError("tunescope heads needs --task T: the examples the heads are scored on")
-    saved = _saved_classes(model)
-    trained = saved is not None and any(a.endswith("ForSequenceClassification") for a in saved)
-    chosen = objective or ("task" if trained else "kl")
-    evaluated = "task" if trained else "kl"
-    ranking = rank_by or chosen
+    trained, chosen, evaluated, ranking = _objectives(model, objective, rank_by, curve)
     needs_task = {chosen, *((ranking, evaluated) if curve else ())}
-    if "task" in needs_task and saved is not None and not trained:  # unreadable: the loader says why
-        flag = "--objective task" if chosen == "task" else "--rank-by task"
-        raise InputError(
-            f"{flag} needs a fine-tuned sequence classifier, but {model or 'the embedded model'} was saved "
-            f"as {', '.join(saved) or 'a model'} without a trained classifier head; fine-tune it first "
-            "(tunescope finetune MODEL --task T --out DIR) or use --objective kl or mlm"
-        )
     examples = opt.task_examples(task_obj, split, data_dir, limit)
     labelled = examples.labels is not None
     if "task" in needs_task and not labelled:
@@ -165,28 +154,15 @@ def heads(
     if prune is not None:
         opt.check_head_fraction(prune, encoder.num_layers, encoder.num_heads, "--prune")
 
-    from tunescope.heads import head_importance_batches, normalize_by_layer, prune_curve
-
     settings: dict[str, Any] = {
         "batch_size": batch_size,
         "max_length": max_length,
         "seed": seed,
         "fit_mlm_head": fit_mlm_head,
     }
-    result = head_importance_batches(encoder, examples, chosen, normalize=False, **settings)
-    raw = result.raw
-    normalized = normalize_by_layer(raw)
-    tables: list[Table] = [
-        ("heads.csv", _rows(encoder.name, result.label, raw, normalized), HEADS_COLUMNS)
-    ]
-    curve_rows: list[dict[str, Any]] = []
-    if curve:
-        from tunescope.heads import PRUNING_COLUMNS
-
-        curve_rows = prune_curve(
-            encoder, examples, rank_by=ranking, objective=evaluated, step=step, **settings
-        )
-        tables.append(("pruning.csv", curve_rows, PRUNING_COLUMNS))
+    result, normalized, tables, curve_rows = _compute(
+        encoder, examples, chosen, (ranking, evaluated, step) if curve else None, settings
+    )
     pruned: list[str] = []
     if prune is not None and target is not None:
         pruned = _prune_and_export(
@@ -259,6 +235,54 @@ def _load(model: str | None, trained: bool, device: torch.device) -> Encoder:
     if trained and model is not None:
         return opt.load_tuned(model, device, "tunescope heads")
     return load_encoder(model, device=device)
+
+
+def _objectives(
+    model: str | None, objective: str | None, rank_by: str | None, curve: bool
+) -> tuple[bool, str, str, str]:
+    """(trained head?, the objective scored, the one a curve evaluates, the one it ranks by), checked
+    against the saved config before the model is loaded."""
+    from tunescope.errors import InputError
+
+    saved = _saved_classes(model)
+    trained = saved is not None and any(a.endswith("ForSequenceClassification") for a in saved)
+    chosen = objective or ("task" if trained else "kl")
+    evaluated = "task" if trained else "kl"
+    ranking = rank_by or chosen
+    needs_task = {chosen, *((ranking, evaluated) if curve else ())}
+    if "task" in needs_task and saved is not None and not trained:  # unreadable: the loader says why
+        flag = "--objective task" if chosen == "task" else "--rank-by task"
+        raise InputError(
+            f"{flag} needs a fine-tuned sequence classifier, but {model or 'the embedded model'} was saved "
+            f"as {', '.join(saved) or 'a model'} without a trained classifier head; fine-tune it first "
+            "(tunescope finetune MODEL --task T --out DIR) or use --objective kl or mlm"
+        )
+    return trained, chosen, evaluated, ranking
+
+
+def _compute(
+    encoder: Encoder,
+    examples: Examples,
+    objective: str,
+    curve: tuple[str, str, float] | None,
+    settings: dict[str, Any],
+) -> tuple[Any, torch.Tensor, list[Table], list[dict[str, Any]]]:
+    """The importance map (raw, normalised) and, with ``curve`` = (rank by, evaluate, step), the curve."""
+    from tunescope.heads import PRUNING_COLUMNS, head_importance_batches, normalize_by_layer, prune_curve
+
+    result = head_importance_batches(encoder, examples, objective, normalize=False, **settings)
+    normalized = normalize_by_layer(result.raw)
+    tables: list[Table] = [
+        ("heads.csv", _rows(encoder.name, result.label, result.raw, normalized), HEADS_COLUMNS)
+    ]
+    curve_rows: list[dict[str, Any]] = []
+    if curve is not None:
+        ranking, evaluated, step = curve
+        curve_rows = prune_curve(
+            encoder, examples, rank_by=ranking, objective=evaluated, step=step, **settings
+        )
+        tables.append(("pruning.csv", curve_rows, PRUNING_COLUMNS))
+    return result, normalized, tables, curve_rows
 
 
 def _check_model(
