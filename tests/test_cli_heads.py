@@ -247,3 +247,9 @@ def test_ctrl_c_while_scoring_leaves_nothing(tmp_path, tuned, capsys, monkeypatc
     assert main([*args, "--out", str(out)]) == 130
     assert capsys.readouterr().err.startswith("interrupted")
     assert not out.exists() and not small.exists()
+
+
+def test_the_cli_writes_the_columns_the_lens_declares():
+    from tunescope import heads
+
+    assert HEADS_COLUMNS == heads.HEADS_COLUMNS

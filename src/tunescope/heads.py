@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COHERENCE_COLUMNS",
+    "HEADS_COLUMNS",
     "OBJECTIVES",
     "PRUNING_COLUMNS",
     "FittedMLMHead",
@@ -88,6 +89,9 @@ PRUNING_COLUMNS = (
     "pruned",
 )
 """Keys of each :func:`prune_curve` row."""
+
+HEADS_COLUMNS = ("model", "objective", "layer", "head", "location", "importance", "normalized")
+"""Keys of each :meth:`HeadImportance.rows` row (the ``heads.csv`` table)."""
 
 COHERENCE_COLUMNS = ("map_a", "map_b", "statistic", "k", "value", "ci_low", "ci_high", "resampled", "n_boot")
 """Keys of each :func:`coherence` row."""
@@ -176,19 +180,23 @@ class HeadImportance:
         return normalize_by_layer(raw) if self.normalized else raw
 
     def rows(self, model: str) -> list[dict[str, Any]]:
-        """One ``heads.csv`` row per head: model, objective, layer (1..L), head (0..H-1), importance."""
-        scores = self.scores
+        """One ``heads.csv`` row per head (:data:`HEADS_COLUMNS`): model, objective (:attr:`label`), layer
+        (1..L), head (0..H-1), location (``layer.3.head.5``), importance (:attr:`raw`) and normalized
+        (each layer's row divided by its L2 norm, whatever :attr:`normalized` says)."""
+        raw = self.raw
+        scaled = normalize_by_layer(raw)
         return [
             {
                 "model": model,
                 "objective": self.label,
                 "layer": layer + 1,
                 "head": head,
-                "importance": float(scores[layer, head]),
-                "normalized": self.normalized,
+                "location": location(layer + 1, head=head),
+                "importance": float(raw[layer, head]),
+                "normalized": float(scaled[layer, head]),
             }
-            for layer in range(scores.shape[0])
-            for head in range(scores.shape[1])
+            for layer in range(raw.shape[0])
+            for head in range(raw.shape[1])
         ]
 
 

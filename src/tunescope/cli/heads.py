@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tunescope.models import Encoder
 
 HEADS_COLUMNS = ("model", "objective", "layer", "head", "location", "importance", "normalized")
+"""tunescope.heads.HEADS_COLUMNS, written out: the CLI module is imported at start-up, without torch."""
 """Columns of ``heads.csv``: ``importance`` is the raw score, ``normalized`` it divided by its layer's L2
 norm."""
 
@@ -273,7 +274,7 @@ def _compute(
     result = head_importance_batches(encoder, examples, objective, normalize=False, **settings)
     normalized = normalize_by_layer(result.raw)
     tables: list[Table] = [
-        ("heads.csv", _rows(encoder.name, result.label, result.raw, normalized), HEADS_COLUMNS)
+        ("heads.csv", result.rows(encoder.name), HEADS_COLUMNS)
     ]
     curve_rows: list[dict[str, Any]] = []
     if curve is not None:
@@ -306,25 +307,6 @@ def _check_model(
 # ------------------------------------------------------------------------------------------------
 # results
 # ------------------------------------------------------------------------------------------------
-def _rows(name: str, label: str, raw: torch.Tensor, normalized: torch.Tensor) -> list[dict[str, Any]]:
-    from tunescope.locations import location
-
-    n_layers, n_heads = raw.shape
-    return [
-        {
-            "model": name,
-            "objective": label,
-            "layer": layer + 1,
-            "head": head,
-            "location": location(layer + 1, head=head),
-            "importance": float(raw[layer, head]),
-            "normalized": float(normalized[layer, head]),
-        }
-        for layer in range(n_layers)
-        for head in range(n_heads)
-    ]
-
-
 def _prune_and_export(
     encoder: Encoder,
     normalized: torch.Tensor,

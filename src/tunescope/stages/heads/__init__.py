@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tunescope.errors import InputError
-from tunescope.locations import location
+from tunescope.heads import HEADS_COLUMNS
 from tunescope.options import option
 from tunescope.pipeline import RunContext, Stage, Table
 
@@ -51,7 +51,7 @@ MIN_BATCHES = 10
 
 __all__ = ["COLUMNS", "HeadsOptions", "SPEED_COLUMNS", "SUMMARY_COLUMNS", "TRANSFER_COLUMNS"]
 
-COLUMNS = ("model", "objective", "layer", "head", "location", "importance", "normalized")
+COLUMNS = HEADS_COLUMNS
 PAIR_COLUMNS = ("map_a", "map_b", "statistic", "k", "value", "ci_low", "ci_high", "resampled", "n_boot")
 CURVE_COLUMNS = (
     "model",
@@ -172,28 +172,6 @@ def _pretrained_mlm_head(ctx: RunContext, examples: Examples) -> Any:
         cache_dir=ctx.cache_dir / "heads",
         progress=ctx.progress,
     )
-
-
-def _map_rows(model: str, found: HeadImportance) -> list[dict[str, Any]]:
-    raw, scaled = found.raw, found.scores if found.normalized else None
-    if scaled is None:
-        from tunescope.heads import normalize_by_layer
-
-        scaled = normalize_by_layer(raw)
-    n_layers, n_heads = raw.shape
-    return [
-        {
-            "model": model,
-            "objective": found.label,
-            "layer": layer + 1,
-            "head": head,
-            "location": location(layer + 1, head=head),
-            "importance": float(raw[layer, head]),
-            "normalized": float(scaled[layer, head]),
-        }
-        for layer in range(n_layers)
-        for head in range(n_heads)
-    ]
 
 
 def _maps(
@@ -432,7 +410,7 @@ def run(ctx: RunContext) -> list[Table]:
     maps = _maps(ctx, examples, tuned, mlm_head)
     tables = [
         Table(
-            "heads", COLUMNS, [row for (model, _), found in maps.items() for row in _map_rows(model, found)]
+            "heads", COLUMNS, [row for (model, _), found in maps.items() for row in found.rows(model)]
         ),
         Table("head_coherence", PAIR_COLUMNS, _coherence_rows(ctx, maps)),
     ]
