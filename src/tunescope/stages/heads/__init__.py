@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tunescope.errors import InputError
-from tunescope.heads import HEADS_COLUMNS
+from tunescope.heads import COHERENCE_COLUMNS, HEADS_COLUMNS, PRUNING_COLUMNS
 from tunescope.options import option
 from tunescope.pipeline import RunContext, Stage, Table
 
@@ -52,18 +52,8 @@ MIN_BATCHES = 10
 __all__ = ["COLUMNS", "HeadsOptions", "SPEED_COLUMNS", "SUMMARY_COLUMNS", "TRANSFER_COLUMNS"]
 
 COLUMNS = HEADS_COLUMNS
-PAIR_COLUMNS = ("map_a", "map_b", "statistic", "k", "value", "ci_low", "ci_high", "resampled", "n_boot")
-CURVE_COLUMNS = (
-    "model",
-    "rank_by",
-    "seed",
-    "objective",
-    "heads_pruned_fraction",
-    "heads_pruned",
-    "metric",
-    "value",
-    "pruned",
-)
+PAIR_COLUMNS = COHERENCE_COLUMNS
+CURVE_COLUMNS = ("model", "rank_by", "seed", *PRUNING_COLUMNS[1:])
 SUMMARY_COLUMNS = (
     "model",
     "rank_by",
