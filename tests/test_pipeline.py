@@ -319,6 +319,9 @@ BAD_FIELDS = {
     "epochs": 0,
     "learning_rate": -1.0,
     "train_limit": 1,
+    "seeds": (0, 0),
+    "n_boot": 99,
+    "confidence": 1.0,
     "options": {"no-such-stage": {}},
 }
 

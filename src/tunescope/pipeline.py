@@ -69,6 +69,10 @@ class AnalyzeConfig:
         max_length: truncate inputs to this many tokens.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seed for everything random.
+        seeds: fine-tuning seeds: the stages that fine-tune or evaluate a fine-tuned model run once per
+            seed, and their tables gain a ``seed`` column (None: ``(seed,)``).
+        n_boot: bootstrap resamples behind every interval (``ci_low``/``ci_high``), at least 100.
+        confidence: coverage of those intervals, in (0, 1).
         stages: names of the stages to run (default: all registered, in order).
         labels: what the two models are called in tables and figures (``base``/``tuned`` in
             ``analyze``; ``compare`` uses ``A``/``B``).
@@ -94,6 +98,9 @@ class AnalyzeConfig:
     max_length: int | None = 128
     device: str = "auto"
     seed: int = 0
+    seeds: tuple[int, ...] | None = None
+    n_boot: int = 1000
+    confidence: float = 0.95
     stages: tuple[str, ...] | None = None
     labels: tuple[str, str] = ("base", "tuned")
     finetune: bool = True
@@ -109,6 +116,8 @@ class AnalyzeConfig:
             ("batch_size", self.batch_size >= 1, "at least 1 (--batch-size)"),
             ("train_limit", self.train_limit is None or self.train_limit >= 2, "at least 2 (--train-limit)"),
             ("limit", self.limit is None or self.limit >= 2, "at least 2 (--limit)"),
+            ("n_boot", self.n_boot >= 100, "at least 100 resamples (--n-boot)"),
+            ("confidence", 0 < self.confidence < 1, "a level strictly between 0 and 1 (--confidence)"),
         )
         for name, ok, want in checks:
             if not ok:
@@ -120,7 +129,19 @@ class AnalyzeConfig:
         if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
             raise InputError(f"labels must name the two models differently, got {self.labels!r}")
         resolve_device(self.device)
+        if self.seeds is not None:
+            seeds = tuple(self.seeds)
+            if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+                raise InputError(
+                    f"seeds must be distinct whole numbers such as 0,1,2 (--seeds), got {self.seeds!r}"
+                )
+            object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "options", _stage_options(self.options))
+
+    @property
+    def fit_seeds(self) -> tuple[int, ...]:
+        """The fine-tuning seeds: ``seeds``, or ``(seed,)`` when none were given."""
+        return self.seeds if self.seeds is not None else (self.seed,)
 
     def options_for(self, stage: str) -> Any:
         """The options of ``stage`` (its options dataclass, with the defaults where none were given)."""

@@ -46,6 +46,18 @@ def analyze(
     ] = None,
     device: opt.Device = "auto",
     seed: opt.Seed = 0,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds", help="Fine-tuning seeds, e.g. 0,1,2: the fine-tuning stages run once per seed."
+        ),
+    ] = None,
+    n_boot: Annotated[
+        int, typer.Option("--n-boot", help="Bootstrap resamples behind every interval (at least 100).")
+    ] = 1000,
+    confidence: Annotated[
+        float, typer.Option("--confidence", help="Coverage of the intervals, in (0, 1).")
+    ] = 0.95,
 ) -> None:
     """Run the analyses and write RUN/manifest.json, RUN/results/*.csv, RUN/figures and RUN/report.html.
 
@@ -82,6 +94,9 @@ def analyze(
         "train_limit": train_limit or None,
         "device": device,
         "seed": seed,
+        "seeds": _seeds(seeds) if seeds is not None else None,
+        "n_boot": n_boot,
+        "confidence": confidence,
     }
     field = {"lr": "learning_rate"}
     given = {field.get(name, name) for name in explicit_params(ctx)}
@@ -93,6 +108,18 @@ def analyze(
         config = AnalyzeConfig(**overrides, options=options)
     root = run_analyze(config)
     typer.echo(f"report: {root / 'report.html'}")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` as ``(0, 1, 2)``; anything else is a bad --seeds value."""
+    from tunescope.errors import InputError
+
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(
+            f"--seeds takes whole numbers separated by commas, such as 0,1,2; got {text!r}"
+        ) from None
 
 
 def register(app: typer.Typer) -> None:
