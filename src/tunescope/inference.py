@@ -10,6 +10,7 @@ with the metrics of :mod:`tunescope.metrics`. The tokenisation and batching help
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -23,9 +24,10 @@ from tunescope.metrics import _CLASS_METRICS, _metric, score
 
 if TYPE_CHECKING:
     from tunescope.data.task import Task
+    from tunescope.intervals import Interval
     from tunescope.models import Encoder
 
-__all__ = ["evaluate"]
+__all__ = ["Predictions", "evaluate", "predictions"]
 
 HeadKind = Literal["sequence", "token"]
 """``sequence``: one output per example (classification or regression); ``token``: one per token."""
@@ -147,8 +149,13 @@ def predict(
     batch_size: int,
     device: torch.device,
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
+    with_groups: bool = False,
+) -> Any:
     """Predictions and gold labels, as two aligned 1-D arrays (one entry per scored example or word).
+
+    The entries follow the order of ``rows`` (words in order within each example), although the
+    batches run longest first. With ``with_groups``, a third array gives each entry's row index (the
+    example a word belongs to), for resampling whole examples.
 
     Sequence heads give ``logits`` ``(batch, n_labels)``: class = argmax, or ``logits[:, 0]`` for
     regression. Token heads give ``(batch, seq_len, n_labels)``; only positions whose label is not
@@ -159,6 +166,7 @@ def predict(
     model.eval()
     preds: list[np.ndarray] = []
     golds: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
     batches = list(length_batches(rows, batch_size))
     try:
         with torch.inference_mode():
@@ -170,15 +178,21 @@ def predict(
                     keep = labels != IGNORE_INDEX
                     preds.append(logits.argmax(-1)[keep].numpy())
                     golds.append(labels[keep].numpy())
+                    owners.append(np.broadcast_to(np.asarray(idx)[:, None], keep.shape)[keep.numpy()])
                 elif regression:
                     preds.append(logits[:, 0].numpy())
                     golds.append(labels.float().numpy())
+                    owners.append(np.asarray(idx))
                 else:
                     preds.append(logits.argmax(-1).numpy())
                     golds.append(labels.numpy())
+                    owners.append(np.asarray(idx))
     finally:
         model.train(was_training)
-    return np.concatenate(preds), np.concatenate(golds)
+    owner = np.concatenate(owners)
+    order = np.argsort(owner, kind="stable")  # back to the rows' order, words in order within a row
+    pred, gold = np.concatenate(preds)[order], np.concatenate(golds)[order]
+    return (pred, gold, owner[order]) if with_groups else (pred, gold)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,9 +332,113 @@ def evaluate(
         ['accuracy', 'n']
     """
     names = _metric_names(metric, task, examples)
+    _check_fits(encoder, examples, names)
+    found = predictions(
+        encoder, examples, batch_size=batch_size, max_length=max_length, device=device, progress=progress
+    )
+    return score(names, found.predictions, found.labels)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What a task model predicted for labelled examples, aligned with the gold labels.
+
+    Attributes:
+        predictions: Class ids (or values, for regression) ``(n_items,)``: one per example, or one per
+            word for a tagger, in the examples' order.
+        labels: Gold labels ``(n_items,)``.
+        groups: The example each item belongs to ``(n_items,)`` (``0..n_examples-1``); intervals
+            resample whole examples, so the words of one sentence count as one unit of evidence.
+    """
+
+    predictions: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+
+    def score(self, metric: str) -> float:
+        """The metric on all items."""
+        from tunescope.metrics import compute_metric
+
+        return compute_metric(metric, self.predictions, self.labels)
+
+    def interval(self, metric: str, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
+        """The metric with its bootstrap interval over examples (see :mod:`tunescope.intervals`)."""
+        from tunescope.intervals import metric_interval
+
+        return metric_interval(
+            metric,
+            self.predictions,
+            self.labels,
+            groups=self._groups(),
+            n_boot=n_boot,
+            level=level,
+            seed=seed,
+        )
+
+    def difference(
+        self, other: Predictions, metric: str, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+    ) -> Interval:
+        """``metric(other) - metric(self)`` with its paired bootstrap interval.
+
+        See :func:`tunescope.intervals.difference_interval`.
+
+        Raises:
+            MeasureError: ``other`` scored different items or labels.
+        """
+        from tunescope.errors import MeasureError
+        from tunescope.intervals import difference_interval
+
+        if self.labels.shape != other.labels.shape or not np.array_equal(self.labels, other.labels):
+            raise MeasureError(
+                "the two models were scored on different examples; a paired difference needs the same"
+            )
+        return difference_interval(
+            metric,
+            self.predictions,
+            other.predictions,
+            self.labels,
+            groups=self._groups(),
+            n_boot=n_boot,
+            level=level,
+            seed=seed,
+        )
+
+    def _groups(self) -> np.ndarray | None:
+        return None if self.groups.size == np.unique(self.groups).size else self.groups
+
+
+def predictions(
+    encoder: Encoder,
+    examples: Examples | TokenExamples,
+    *,
+    batch_size: int = 64,
+    max_length: int = 128,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> Predictions:
+    """Run a task model over labelled examples and keep what it predicted (:func:`evaluate` scores them).
+
+    Args:
+        encoder, examples, batch_size, max_length, device, progress: As in :func:`evaluate`.
+
+    Returns:
+        :class:`Predictions`, in the examples' order.
+
+    Raises:
+        InputError: The model has no (suitable) task head, or the head does not fit the labels.
+        DataError: The examples have no labels.
+
+    Example:
+        >>> from tunescope.testing.tiny import tiny_model
+        >>> labels = np.array([1, 0, 1])
+        >>> ex = Examples(["good", "bad", "fine"], None, labels, "demo", "validation", ("neg", "pos"))
+        >>> found = predictions(tiny_model("bert", task="classifier"), ex)
+        >>> found.predictions.shape, found.labels.tolist(), found.groups.tolist()
+        ((3,), [1, 0, 1], [0, 1, 2])
+    """
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    kind, regression = _check_fits(encoder, examples, names)
+    kind, regression = _check_fits(encoder, examples, ())
     model = encoder.model
     config: Any = model.config
     if device is not None:
@@ -331,7 +449,7 @@ def evaluate(
     rows = features(encoder.tokenizer, examples, max_length_for(encoder.tokenizer, config, max_length))
     if not rows:
         raise DataError(f"{examples.task}: no examples to evaluate")
-    preds, gold = predict(
+    pred, gold, groups = predict(
         model,
         rows,
         collator(encoder.tokenizer, kind),
@@ -340,5 +458,6 @@ def evaluate(
         batch_size=batch_size,
         device=target,
         progress=progress,
+        with_groups=True,
     )
-    return score(names, preds, gold)
+    return Predictions(pred, gold, groups)
