@@ -66,7 +66,9 @@ def test_sweep_table_is_the_evaluation_of_each_truncated_model(tmp_path, tuned, 
     code = main([*args, "--out", str(out)])
     printed = _ok(capsys, code)
     rows = read_csv(out / "truncation.csv")
-    assert list(rows[0]) == ["layers_kept", "metric", "value", "params", "seconds_per_batch"]
+    from tunescope.truncation import COLUMNS
+
+    assert tuple(rows[0]) == COLUMNS
     assert [int(r["layers_kept"]) for r in rows] == [3, 2, 1]
     model = load_classifier(tuned)
     for row in rows:

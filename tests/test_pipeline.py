@@ -112,13 +112,27 @@ def test_truncation_curve_of_a_tuned_classifier(tmp_path, tiny_folder, tmp_path_
     root = analyze(config, progress=False)
     rows = read_csv(root / "results" / "truncation.csv")
     assert [int(r["layers_kept"]) for r in rows] == [3, 2, 1]
-    assert list(rows[0]) == ["layers_kept", "metric", "value", "params", "seconds_per_batch"]
+    from tunescope.inference import predictions
+    from tunescope.truncation import COLUMNS
+
+    assert tuple(rows[0]) == COLUMNS
     examples = get_task(config.task).load(config.split, limit=40)
     tuned = load_classifier(str(folder))
-    for row in rows:  # each value is the truncated model's own evaluation
+    full = predictions(tuned, examples)
+    for row in rows:  # each value is the truncated model's own evaluation, its intervals resampled from it
         model = truncate(tuned, int(row["layers_kept"]))
         assert float(row["value"]) == pytest.approx(evaluate(model, examples)["accuracy"])
         assert int(row["params"]) == count_parameters(model)
+        found = predictions(model, examples)
+        ci = found.interval("accuracy", n_boot=config.n_boot, level=config.confidence, seed=config.seed)
+        delta = full.difference(found, "accuracy", n_boot=config.n_boot, seed=config.seed)
+        assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx((ci.low, ci.high))
+        assert float(row["delta"]) == pytest.approx(delta.value)
+        assert (float(row["delta_ci_low"]), float(row["delta_ci_high"])) == pytest.approx(
+            (delta.low, delta.high)
+        )
+    # the full model against itself: no difference, exactly
+    assert (float(rows[0]["delta_ci_low"]), float(rows[0]["delta_ci_high"])) == (0.0, 0.0)
     assert int(rows[0]["params"]) > int(rows[-1]["params"])
     html = (root / "report.html").read_text()
     assert "Dropping top layers" in html and "layers kept" in html

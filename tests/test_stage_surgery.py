@@ -102,7 +102,19 @@ def test_ablation_rows_are_the_surgery_functions_evaluated(tmp_path, tiny_folder
         assert row["metric"] == "accuracy"
         assert row["value"] == pytest.approx(value)
         assert row["delta"] == pytest.approx(value - reference)
+        assert row["ci_low"] <= row["value"] <= row["ci_high"] and row["n_boot"] == ctx.config.n_boot
     assert len({r["value"] for r in rows}) > 1  # the ablations do change the predictions
+    # the intervals resample the models' predictions: recomputed here from the predictions themselves
+    from tunescope.inference import predictions
+
+    boot = {"n_boot": ctx.config.n_boot, "level": ctx.config.confidence, "seed": ctx.config.seed}
+    as_is = predictions(tuned, examples)
+    restored = predictions(restore_layers(tuned, base, [2, 3]), examples)
+    row = next(r for r in rows if (r["ablation"], r["layers"]) == ("restore_top", "2,3"))
+    ci, delta = restored.interval("accuracy", **boot), as_is.difference(restored, "accuracy", **boot)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert (row["delta_ci_low"], row["delta_ci_high"]) == pytest.approx((delta.low, delta.high))
+    assert (rows[0]["delta_ci_low"], rows[0]["delta_ci_high"]) == (0.0, 0.0)
 
 
 def _ffn_io_by_hand(folder, examples):
@@ -174,7 +186,9 @@ def test_ffn_removed_model_is_trained_saved_and_evaluated(run, examples):
 def test_tables_and_report_of_a_full_run(run):
     root, _ = run
     rows = read_csv(root / "results" / "ablation.csv")
-    assert list(rows[0]) == ["ablation", "layers", "metric", "value", "delta"]
+    from tunescope.stages.ablation import COLUMNS
+
+    assert tuple(rows[0]) == COLUMNS
     assert len(rows) == 1 + 3 + 3 + 3
     html = (root / "report.html").read_text()
     assert '<section id="ablation">' in html and '<section id="ffn">' in html

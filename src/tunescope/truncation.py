@@ -23,7 +23,21 @@ if TYPE_CHECKING:
 
 __all__ = ["COLUMNS", "evaluate_pair", "recommend", "truncation_sweep"]
 
-COLUMNS = ("layers_kept", "metric", "value", "params", "seconds_per_batch")
+COLUMNS = (
+    "layers_kept",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "n_boot",
+    "params",
+    "seconds_per_batch",
+)
+"""``value`` with its bootstrap interval over examples; ``delta`` = value minus the full model's, with
+its paired interval (the same resampled examples for both)."""
 
 
 def truncation_sweep(
@@ -35,13 +49,19 @@ def truncation_sweep(
     max_length: int = 128,
     device: str | torch.device | None = None,
     progress: bool = False,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """The task metric of ``tuned`` cut after layer k, for k = L..1, without retraining.
+    """The task metric of ``tuned`` cut after layer k, for k = L..1, without retraining, with intervals.
 
     Each row is the evaluation of :func:`tunescope.surgery.truncate` ``(tuned, k)`` on ``examples``
-    with the task's primary metric (:func:`tunescope.inference.evaluate`); ``seconds_per_batch`` is that
-    evaluation's wall-clock time (tokenisation, forward passes, scoring) divided by the number of
-    batches, after one untimed warm-up batch.
+    with the task's primary metric (:func:`tunescope.inference.predictions`); ``seconds_per_batch`` is
+    that evaluation's wall-clock time (tokenisation, forward passes) divided by the number of batches,
+    after one untimed warm-up batch. ``ci_low``/``ci_high`` is the percentile bootstrap interval of the
+    metric over examples and ``delta`` (value minus the full model's) has a paired interval
+    (:mod:`tunescope.intervals`): the predictions are resampled, the models are not re-run. Every row
+    uses the same ``seed``, so the resamples are the same examples throughout the sweep.
 
     Args:
         tuned: A fine-tuned sequence classifier (e.g. from :func:`tunescope.load_classifier`).
@@ -51,10 +71,14 @@ def truncation_sweep(
         max_length: Inputs are truncated to this many tokens.
         device: Evaluate there (default: where ``tuned`` is).
         progress: Progress bars on stderr.
+        n_boot: Bootstrap resamples (at least 100).
+        level: Coverage of the intervals.
+        seed: Seed of the resampling.
 
     Returns:
         One dict per k, from L down to 1, with the keys of :data:`COLUMNS`: ``layers_kept``,
-        ``metric``, ``value``, ``params`` (parameters of the cut model) and ``seconds_per_batch``.
+        ``metric``, ``value`` and its interval, ``delta`` and its interval, ``n_boot``, ``params``
+        (parameters of the cut model) and ``seconds_per_batch``.
 
     Example:
         >>> import numpy as np
@@ -68,33 +92,38 @@ def truncation_sweep(
         ([3, 2, 1], 'accuracy')
     """
     from tunescope._progress import track
-    from tunescope.inference import evaluate
+    from tunescope.inference import predictions
+    from tunescope.intervals import check_interval_options
     from tunescope.surgery import count_parameters, truncate
 
+    check_interval_options(n_boot, level)
+    metric = task.metric
     n_batches = max(1, -(-len(examples) // batch_size))
     # one untimed batch first, so the first row's time does not include one-off costs (imports, caches)
-    evaluate(
-        tuned,
-        examples.head(batch_size),
-        task=task,
-        batch_size=batch_size,
-        max_length=max_length,
-        device=device,
-    )
+    predictions(tuned, examples.head(batch_size), batch_size=batch_size, max_length=max_length, device=device)
     rows = []
+    full = None
     keeps = range(tuned.num_layers, 0, -1)
     for keep in track(keeps, total=len(keeps), description="truncation sweep", enabled=progress):
         model = truncate(tuned, keep)
         start = time.perf_counter()
-        scores = evaluate(
-            model, examples, task=task, batch_size=batch_size, max_length=max_length, device=device
-        )
+        found = predictions(model, examples, batch_size=batch_size, max_length=max_length, device=device)
         elapsed = time.perf_counter() - start
+        if full is None:
+            full = found
+        value = found.interval(metric, n_boot=n_boot, level=level, seed=seed)
+        delta = full.difference(found, metric, n_boot=n_boot, level=level, seed=seed)
         rows.append(
             {
                 "layers_kept": keep,
-                "metric": task.metric,
-                "value": scores[task.metric],
+                "metric": metric,
+                "value": value.value,
+                "ci_low": value.low,
+                "ci_high": value.high,
+                "delta": delta.value,
+                "delta_ci_low": delta.low,
+                "delta_ci_high": delta.high,
+                "n_boot": n_boot,
                 "params": count_parameters(model),
                 "seconds_per_batch": elapsed / n_batches,
             }

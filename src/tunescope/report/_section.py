@@ -21,6 +21,11 @@ class Section:
         self.root, self.manifest = root, manifest
         self.figures: dict[str, bytes] = {}  # written by the report once every section is built
 
+    @property
+    def confidence(self) -> float:
+        """The coverage of the run's intervals (``confidence`` in the manifest's config; 0.95 if absent)."""
+        return float(self.manifest.get("config", {}).get("confidence", 0.95))
+
     def table(self, name: str) -> list[dict[str, str]]:
         """Rows of ``RUN/results/<name>.csv`` as strings, if the manifest vouches for the table (else empty).
 

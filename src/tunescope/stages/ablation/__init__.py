@@ -16,17 +16,33 @@ fine-tuned classifier is evaluated on the run's analysis split, with the task's 
 Embeddings, pooler and classifier head always stay fine-tuned. Every ablated model is a copy; the tuned
 and pre-trained models are never modified. ALBERT shares one layer across positions, so only all layers
 at once can be restored or re-initialised there. Writes ``ablation.csv``: ``ablation, layers, metric,
-value, delta`` (``layers`` is ``"3"`` or ``"4-6"``, empty for ``none``; ``delta = value - value(none)``).
+value, ci_low, ci_high, delta, delta_ci_low, delta_ci_high, n_boot`` (``layers`` is ``"3"`` or
+``"4-6"``, empty for ``none``; ``delta = value - value(none)``). The value's interval is a bootstrap over
+the analysis examples; the delta's is paired (the same resampled examples scored by both models), so a
+reset whose interval contains 0 makes no measurable difference (:mod:`tunescope.intervals`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from tunescope.locations import format_layers
 from tunescope.pipeline import RunContext, Stage, Table
 
 __all__ = ["COLUMNS", "ablations"]
 
-COLUMNS = ("ablation", "layers", "metric", "value", "delta")
+COLUMNS = (
+    "ablation",
+    "layers",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "n_boot",
+)
 
 
 def ablations(n_layers: int, *, shared: bool = False) -> list[tuple[str, list[int]]]:
@@ -56,7 +72,7 @@ def run(ctx: RunContext) -> list[Table]:
     if not ctx.has_classifier("ablation"):
         return []
     from tunescope._progress import track
-    from tunescope.inference import evaluate
+    from tunescope.inference import Predictions, predictions
     from tunescope.surgery import reinit_layers, restore_layers
 
     task = ctx.task
@@ -70,8 +86,13 @@ def run(ctx: RunContext) -> list[Table]:
             "re-initialised all at once, not one by one."
         )
     plan = ablations(tuned.num_layers, shared=shared)
+    boot: dict[str, Any] = {
+        "n_boot": ctx.config.n_boot,
+        "level": ctx.config.confidence,
+        "seed": ctx.config.seed,
+    }
     rows = []
-    reference = float("nan")
+    reference: Predictions | None = None
     for kind, layers in track(plan, total=len(plan), description="ablations", enabled=ctx.progress):
         if kind == "none":
             model = tuned
@@ -79,23 +100,25 @@ def run(ctx: RunContext) -> list[Table]:
             model = reinit_layers(tuned, layers, seed=ctx.config.seed)
         else:  # restore, restore_top
             model = restore_layers(tuned, base, layers)
-        scores = evaluate(
-            model,
-            examples,
-            task=task,
-            batch_size=ctx.config.batch_size,
-            max_length=ctx.config.max_length or 128,
+        found = predictions(
+            model, examples, batch_size=ctx.config.batch_size, max_length=ctx.config.max_length or 128
         )
-        value = float(scores[task.metric])
-        if kind == "none":
-            reference = value
+        if reference is None:  # "none" comes first: the tuned model as it is
+            reference = found
+        value = found.interval(task.metric, **boot)
+        delta = reference.difference(found, task.metric, **boot)
         rows.append(
             {
                 "ablation": kind,
                 "layers": format_layers(layers),
                 "metric": task.metric,
-                "value": value,
-                "delta": value - reference,
+                "value": value.value,
+                "ci_low": value.low,
+                "ci_high": value.high,
+                "delta": delta.value,
+                "delta_ci_low": delta.low,
+                "delta_ci_high": delta.high,
+                "n_boot": ctx.config.n_boot,
             }
         )
         del model

@@ -6,6 +6,7 @@ from typing import Any
 
 from tunescope.locations import format_layers, parse_layers
 from tunescope.report._section import Section
+from tunescope.report.claims import Difference, difference, verdict
 from tunescope.report.figures import plot_layer_curves
 
 _ORDER = {"none": 0, "restore": 1, "reinit": 2, "restore_top": 3}
@@ -29,52 +30,75 @@ def _layers_text(layers: tuple[int, ...]) -> str:
     return f"layer {layers[0]}" if len(layers) == 1 else f"layers {format_layers(layers)}"
 
 
-def _cost(points: float, metric: str = "") -> str:
-    """``1.23`` -> "costs 1.2 points", ``-0.4`` -> "gains 0.4 points", ``0`` -> "changes nothing"."""
-    of = f" of {metric}" if metric else ""
-    if abs(points) < 0.05:
-        return f"leaves {metric} unchanged" if metric else "changes nothing"
-    return f"costs {points:.1f} points{of}" if points > 0 else f"gains {-points:.1f} points{of}"
+def _change(row: dict[str, Any]) -> Difference:
+    return difference(row)
+
+
+def merchant_verdict(rows: list[dict[str, Any]], n_layers: int) -> str | None:
+    """Whether the single-layer restores that measurably cost something are all in the top half.
+
+    Merchant et al. (2020) find that fine-tuning mostly changes the top layers. The run agrees when
+    every measurable loss from restoring one layer is in layers ``> L/2``, disagrees when every one is
+    in the lower half, and cannot tell when there is none or both halves have some.
+    """
+    singles = [r for r in rows if r["ablation"] == "restore" and len(_layers(r["layers"])) == 1]
+    if not singles or n_layers < 2:
+        return None
+    losing = [_first(r["layers"]) for r in singles if _change(r).loss]
+    agrees: bool | None = None
+    if losing and all(layer > n_layers / 2 for layer in losing):
+        agrees = True
+    elif losing and all(layer <= n_layers / 2 for layer in losing):
+        agrees = False
+    where = (
+        f"restoring layer(s) {', '.join(map(str, sorted(losing)))} alone costs measurably"
+        if losing
+        else "restoring any single layer alone makes no measurable difference"
+    )
+    return (
+        "Merchant et al. (2020) find that fine-tuning mostly changes the top layers; "
+        f"{verdict(agrees)}: {where}."
+    )
 
 
 def _sentence(rows: list[dict[str, Any]], metric: str) -> str:
-    def cost(row: dict[str, Any]) -> float:
-        return -100 * float(row["delta"])
-
     def single(kind: str) -> list[dict[str, Any]]:
         return [r for r in rows if r["ablation"] == kind and len(_layers(r["layers"])) == 1]
+
+    def cost(row: dict[str, Any]) -> float:
+        return -float(row["delta"])
 
     top = [r for r in rows if r["ablation"] == "restore_top"]
     parts = []
     if top:
-        # the most layers, from the top, that go back to pre-trained weights for at most 1 point
-        cheap = [r for r in top if cost(r) <= 1.0]
+        # the most layers, from the top, that go back to pre-trained weights at no measurable loss
+        cheap = [r for r in top if not _change(r).loss]
         shallowest = min(top, key=lambda r: -_first(r["layers"]))  # layer L alone
         chosen = min(cheap, key=lambda r: _first(r["layers"])) if cheap else shallowest
         lead = "Resetting" if cheap else "Even resetting"
         what = _layers_text(_layers(chosen["layers"]))
-        parts.append(f"{lead} {what} to pre-trained weights {_cost(cost(chosen), metric)}")
+        parts.append(f"{lead} {what} to pre-trained weights {_change(chosen).words()} of {metric}")
     restores, reinits = single("restore"), single("reinit")
     if restores:
         worst = max(restores, key=cost)
-        if cost(worst) < 0.05:
-            parts.append("restoring any single layer alone changes nothing")
+        if not _change(worst).loss:
+            parts.append("restoring any single layer alone makes no measurable difference")
         else:
             parts.append(
                 f"the fine-tuning that matters most is layer {worst['layers']}'s (restoring it alone "
-                f"{_cost(cost(worst))})"
+                f"{_change(worst).words()})"
             )
     if reinits:
         worst = max(reinits, key=cost)
-        if cost(worst) < 0.05:
-            parts.append("re-initialising any single layer changes nothing")
+        if not _change(worst).loss:
+            parts.append("re-initialising any single layer makes no measurable difference")
         else:
-            parts.append(f"re-initialising layer {worst['layers']} {_cost(cost(worst))}")
+            parts.append(f"re-initialising layer {worst['layers']} {_change(worst).words()}")
     if not parts:  # ALBERT: only all layers at once
         verbs = {"restore": "restoring", "reinit": "re-initialising", "restore_top": "restoring"}
         parts = [
             f"{verbs.get(r['ablation'], r['ablation'])} {_layers_text(_layers(r['layers']))} "
-            f"{_cost(cost(r), metric)}"
+            f"{_change(r).words()} of {metric}"
             for r in rows
             if r["ablation"] != "none"
         ]
@@ -89,20 +113,35 @@ def build(sec: Section) -> dict[str, Any] | None:
     rows.sort(key=lambda r: (_ORDER.get(r["ablation"], 9), _first(r["layers"])))
     metric = rows[0]["metric"]
     curves: dict[str, tuple[list[int], list[float]]] = {}
+    bands: dict[str, tuple[list[float], list[float]]] = {}
     for kind, label in _LABELS.items():
-        points = [
-            (_first(r["layers"]), 100 * float(r["delta"]))
+        points = sorted(
+            (_first(r["layers"]), 100 * _change(r).value, 100 * _change(r).low, 100 * _change(r).high)
             for r in rows
             if r["ablation"] == kind and (kind == "restore_top" or len(_layers(r["layers"])) == 1)
-        ]
+        )
         if points:
-            points.sort()
             curves[label] = ([p[0] for p in points], [p[1] for p in points])
+            bands[label] = ([p[2] for p in points], [p[3] for p in points])
     figures = []
     if curves:
         fig = plot_layer_curves(curves, ylabel=f"change in {metric} (points)", title="Undoing fine-tuning")
         ax = fig.axes[0]
+        for (label, (xs, _)), line in zip(curves.items(), ax.get_lines(), strict=False):
+            ax.fill_between(xs, *bands[label], color=line.get_color(), alpha=0.15, linewidth=0)
         ax.axhline(0.0, color="0.5", linewidth=0.8)
         ax.set_xlabel("layer l")
         figures.append(sec.figure("ablation", fig))
-    return {"figures": figures, "sentence": _sentence(rows, metric), "rows": rows, "metric": metric}
+    n_layers = max((max(_layers(r["layers"]), default=0) for r in rows), default=0)
+    sentences = [_sentence(rows, metric)]
+    claim = merchant_verdict(rows, n_layers)
+    if claim:
+        sentences.append(claim)
+    shown = [{**r, "change": _change(r)} for r in rows]
+    return {
+        "figures": figures,
+        "sentence": " ".join(sentences),
+        "rows": shown,
+        "metric": metric,
+        "level": f"{100 * sec.confidence:g}%",
+    }

@@ -7,9 +7,11 @@ Runs when the run has a fine-tuned model with a classifier head for the task (``
 the ``finetune`` stage trains). ``tunescope truncate`` runs the same sweep through
 :func:`truncation_sweep`.
 
-Writes ``truncation.csv`` (one row per k) and ``truncation_recommendation.csv``: the fewest layers whose
-metric is within ``--truncation.max-loss`` points of the full model's (:func:`recommend`), one row, or
-none when the full model's metric is undefined. The report states that row; it computes nothing.
+Writes ``truncation.csv`` (one row per k, each metric with its bootstrap interval over examples and its
+difference from the full model with a paired interval) and ``truncation_recommendation.csv``: the fewest
+layers whose metric is within ``--truncation.max-loss`` points of the full model's (:func:`recommend`),
+one row with that difference and its interval, or none when the full model's metric is undefined. The
+report states that row and whether the run agrees with Phang et al.; it computes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ from tunescope.truncation import COLUMNS, recommend, truncation_sweep
 __all__ = ["COLUMNS", "RECOMMENDATION_COLUMNS", "TruncationOptions", "recommend", "truncation_sweep"]
 
 RECOMMENDATION_COLUMNS = (
-    "layers_kept", "n_layers", "metric", "value", "full_value", "max_loss", "params", "full_params"
+    "layers_kept",
+    "n_layers",
+    "metric",
+    "value",
+    "full_value",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "max_loss",
+    "params",
+    "full_params",
 )
 
 
@@ -53,6 +65,9 @@ def run(ctx: RunContext) -> list[Table]:
         ctx.task,
         batch_size=ctx.config.batch_size,
         max_length=ctx.config.max_length or 128,
+        n_boot=ctx.config.n_boot,
+        level=ctx.config.confidence,
+        seed=ctx.config.seed,
     )
     max_loss = ctx.config.options_for("truncation").max_loss
     best = recommend(rows, points=max_loss)
@@ -66,6 +81,9 @@ def run(ctx: RunContext) -> list[Table]:
                 "metric": best["metric"],
                 "value": best["value"],
                 "full_value": full["value"],
+                "delta": best["delta"],
+                "delta_ci_low": best["delta_ci_low"],
+                "delta_ci_high": best["delta_ci_high"],
                 "max_loss": max_loss,
                 "params": best["params"],
                 "full_params": full["params"],
