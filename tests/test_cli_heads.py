@@ -182,8 +182,10 @@ T = ["--task", "movie-sentiment", "--device", "cpu"]
         (["heads", "BASE", *T, "--objective", "task", "--out", "DIR"], "as BertModel without"),
         (["heads", "BASE", *T, "--prune-curve", "--rank-by", "task", "--out", "DIR"], "--rank-by task"),
         (["heads", "BASE", *T, "--objective", "mlm", "--no-fit-mlm-head", "--out", "DIR"], "masked-LM head"),
-        (["heads", "TUNED", "--task", "sst2", "--data-dir", "GLUE", "--split", "test", "--out", "DIR"],
-         "needs labels"),
+        (
+            ["heads", "TUNED", "--task", "sst2", "--data-dir", "GLUE", "--split", "test", "--out", "DIR"],
+            "needs labels",
+        ),
         (["heads", "TUNED", "--task", "bbc-topic", "--device", "cpu", "--out", "DIR"], "5 labels"),
         (["heads", "TUNED", *T, "--out", "FULL"], "is not empty"),
         (["heads", "TUNED", "--out", "DIR"], "needs --task"),
@@ -193,22 +195,37 @@ T = ["--task", "movie-sentiment", "--device", "cpu"]
         (["compress", "TUNED", "--prune-heads", "0.01", *T, "--out", "DIR"], "removes none"),
         (["compress", "TUNED", "--prune-heads", "head.1", "--out", "DIR"], "not a head location"),
         (["compress", "TUNED", "--prune-heads", "layer.1.head.9", "--out", "DIR"], "out of range"),
-        (["compress", "TUNED", "--drop-top", "1", "--prune-heads", "layer.3.head.0", "--out", "DIR"],
-         "layer 3 is dropped by --drop-top 1"),
-        (["compress", "TUNED", "--prune-heads", ",".join(f"layer.2.head.{h}" for h in range(4)), "--out",
-          "DIR"], "all 4 heads of layer 2"),
+        (
+            ["compress", "TUNED", "--drop-top", "1", "--prune-heads", "layer.3.head.0", "--out", "DIR"],
+            "layer 3 is dropped by --drop-top 1",
+        ),
+        (
+            [
+                "compress",
+                "TUNED",
+                "--prune-heads",
+                ",".join(f"layer.2.head.{h}" for h in range(4)),
+                "--out",
+                "DIR",
+            ],
+            "all 4 heads of layer 2",
+        ),
     ],
 )
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(
-    tmp_path, tuned, base, capsys, args, words
-):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, tuned, base, capsys, args, words):
     out, export, full, glue = tmp_path / "out", tmp_path / "exp", tmp_path / "full", tmp_path / "glue"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
     (glue / "SST-2").mkdir(parents=True)
     (glue / "SST-2" / "test.tsv").write_text("index\tsentence\n0\ta good film\n1\ta bad film\n")
-    places = {"TUNED": tuned, "BASE": base, "DIR": str(out), "EXP": str(export), "FULL": str(full),
-              "GLUE": str(glue)}
+    places = {
+        "TUNED": tuned,
+        "BASE": base,
+        "DIR": str(out),
+        "EXP": str(export),
+        "FULL": str(full),
+        "GLUE": str(glue),
+    }
     code = main([places.get(a, a) for a in args])
     err = capsys.readouterr().err.strip()
     assert code == 2

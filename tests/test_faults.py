@@ -172,12 +172,32 @@ COMMANDS: dict[str, Callable[[str], list[str]]] = {
     "extract": lambda m: ["extract", m, "--limit", "8", "--out", "reps.safetensors", *FAST],
     "compare": lambda m: ["compare", m, "{assets}/model", "--limit", "8", "--out", "cmp", *FAST],
     "analyze": lambda m: ["analyze", m, "--stages", "layers", "--out", "run", *ANALYZE],
-    "analyze-tuned": lambda m: ["analyze", "{assets}/model", "--tuned", m, "--stages", "layers",
-                                "--out", "run", *ANALYZE],
+    "analyze-tuned": lambda m: [
+        "analyze",
+        "{assets}/model",
+        "--tuned",
+        m,
+        "--stages",
+        "layers",
+        "--out",
+        "run",
+        *ANALYZE,
+    ],
     "variability": lambda m: ["variability", m, "--limit", "16", "--out", "var", *FAST],
     "probe": lambda m: ["probe", m, "--limit", "8", "--out", "probe", *FAST],
-    "finetune": lambda m: ["finetune", m, "--task", "movie-sentiment", "--train-limit", "16",
-                           "--validation-limit", "8", "--out", "ft", *FAST],
+    "finetune": lambda m: [
+        "finetune",
+        m,
+        "--task",
+        "movie-sentiment",
+        "--train-limit",
+        "16",
+        "--validation-limit",
+        "8",
+        "--out",
+        "ft",
+        *FAST,
+    ],
     "truncate": lambda m: ["truncate", m, "--task", "movie-sentiment", "--limit", "8", "--out", "tr", *FAST],
     "compress": lambda m: ["compress", m, "--drop-top", "1", "--out", "small", *FAST],
     "heads": lambda m: ["heads", m, "--task", "movie-sentiment", "--limit", "8", "--out", "h", *FAST],
@@ -213,132 +233,451 @@ def test_bad_model(cli: Cli, assets: Path, tmp_path: Path, command: str, fault: 
 
 BAD_OPTIONS: dict[str, tuple[list[str], str]] = {
     # numbers
-    "analyze-limit-below-rsa": (["analyze", "{assets}/model", "--no-finetune", "--stages", "similarity",
-                                 "--out", "run", "--limit", "2", *FAST], "needs at least 3"),
+    "analyze-limit-below-rsa": (
+        [
+            "analyze",
+            "{assets}/model",
+            "--no-finetune",
+            "--stages",
+            "similarity",
+            "--out",
+            "run",
+            "--limit",
+            "2",
+            *FAST,
+        ],
+        "needs at least 3",
+    ),
     "analyze-limit-negative": (["analyze", "--out", "run", "--limit", "-1"], "--limit"),
     "analyze-epochs-0": (["analyze", "--out", "run", "--epochs", "0"], "--epochs"),
     "analyze-lr-negative": (["analyze", "--out", "run", "--lr", "-1"], "--lr"),
     "analyze-budget-0": (["analyze", "--out", "run", "--budget", "0"], "--variability.budget"),
     "analyze-batch-0": (["analyze", "--out", "run", "--batch-size", "0"], "--batch-size"),
-    "analyze-ffn-layers-out-of-range": (["analyze", "{assets}/model", "--stages", "finetune,ffn",
-                                         "--ffn-layers", "9", "--out", "run", *ANALYZE], "--ffn.layers"),
+    "analyze-ffn-layers-out-of-range": (
+        [
+            "analyze",
+            "{assets}/model",
+            "--stages",
+            "finetune,ffn",
+            "--ffn-layers",
+            "9",
+            "--out",
+            "run",
+            *ANALYZE,
+        ],
+        "--ffn.layers",
+    ),
     "analyze-ffn-layers-text": (["analyze", "--out", "run", "--ffn-layers", "a,b"], "--ffn.layers"),
-    "extract-layers-text": (["extract", "{assets}/model", "--layers", "x", "--out", "r.safetensors"],
-                            "--layers"),
-    "extract-batch-0": (["extract", "{assets}/model", "--batch-size", "0", "--limit", "4", "--out",
-                         "r.safetensors", "--device", "cpu"], "batch"),
-    "finetune-epochs-0": (["finetune", "{assets}/model", "--task", "movie-sentiment", "--epochs", "0",
-                           "--out", "ft"], "--epochs"),
-    "finetune-lr-negative": (["finetune", "{assets}/model", "--task", "movie-sentiment", "--lr", "-1",
-                              "--out", "ft"], "--lr"),
-    "finetune-batch-0": (["finetune", "{assets}/model", "--task", "movie-sentiment", "--batch-size", "0",
-                          "--out", "ft"], "--batch-size"),
-    "finetune-train-layers-range": (["finetune", "{assets}/model", "--task", "movie-sentiment",
-                                     "--train-layers", "7", "--out", "ft", *FAST], "7"),
+    "extract-layers-text": (
+        ["extract", "{assets}/model", "--layers", "x", "--out", "r.safetensors"],
+        "--layers",
+    ),
+    "extract-batch-0": (
+        [
+            "extract",
+            "{assets}/model",
+            "--batch-size",
+            "0",
+            "--limit",
+            "4",
+            "--out",
+            "r.safetensors",
+            "--device",
+            "cpu",
+        ],
+        "batch",
+    ),
+    "finetune-epochs-0": (
+        ["finetune", "{assets}/model", "--task", "movie-sentiment", "--epochs", "0", "--out", "ft"],
+        "--epochs",
+    ),
+    "finetune-lr-negative": (
+        ["finetune", "{assets}/model", "--task", "movie-sentiment", "--lr", "-1", "--out", "ft"],
+        "--lr",
+    ),
+    "finetune-batch-0": (
+        ["finetune", "{assets}/model", "--task", "movie-sentiment", "--batch-size", "0", "--out", "ft"],
+        "--batch-size",
+    ),
+    "finetune-train-layers-range": (
+        [
+            "finetune",
+            "{assets}/model",
+            "--task",
+            "movie-sentiment",
+            "--train-layers",
+            "7",
+            "--out",
+            "ft",
+            *FAST,
+        ],
+        "7",
+    ),
     "truncate-keep-0": (["truncate", "{assets}/clf", "--keep", "0", "--out", "tr"], "--keep"),
     "truncate-keep-too-many": (["truncate", "{assets}/clf", "--keep", "5", "--out", "tr", *FAST], "--keep"),
     "compress-drop-top-0": (["compress", "{assets}/clf", "--drop-top", "0", "--out", "c"], "--drop-top"),
-    "compress-remove-ffn-range": (["compress", "{assets}/clf", "--remove-ffn", "9", "--out", "c", *FAST],
-                                  "--remove-ffn"),
+    "compress-remove-ffn-range": (
+        ["compress", "{assets}/clf", "--remove-ffn", "9", "--out", "c", *FAST],
+        "--remove-ffn",
+    ),
     "compress-nothing": (["compress", "{assets}/clf", "--out", "c"], "nothing to do"),
     "variability-budget-0": (["variability", "{assets}/model", "--budget", "0", "--out", "v"], "--budget"),
-    "heads-step-1": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune-curve", "--step", "1",
-                      "--out", "h"], "--step"),
-    "heads-prune-1": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "1", "--export",
-                       "e", "--out", "h"], "--prune"),
-    "heads-prune-no-export": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "0.3",
-                               "--out", "h"], "--export"),
-    "heads-prune-empties-layer": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "0.9",
-                                   "--export", "e", "--out", "h", *FAST], "at least one"),
-    "compress-prune-heads-range": (["compress", "{assets}/clf", "--prune-heads", "layer.9.head.0", "--out",
-                                    "c", *FAST], "--prune-heads"),
-    "compress-prune-heads-no-task": (["compress", "{assets}/clf", "--prune-heads", "0.3", "--out", "c"],
-                                     "--task"),
+    "heads-step-1": (
+        ["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune-curve", "--step", "1", "--out", "h"],
+        "--step",
+    ),
+    "heads-prune-1": (
+        ["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "1", "--export", "e", "--out", "h"],
+        "--prune",
+    ),
+    "heads-prune-no-export": (
+        ["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "0.3", "--out", "h"],
+        "--export",
+    ),
+    "heads-prune-empties-layer": (
+        [
+            "heads",
+            "{assets}/clf",
+            "--task",
+            "movie-sentiment",
+            "--prune",
+            "0.9",
+            "--export",
+            "e",
+            "--out",
+            "h",
+            *FAST,
+        ],
+        "at least one",
+    ),
+    "compress-prune-heads-range": (
+        ["compress", "{assets}/clf", "--prune-heads", "layer.9.head.0", "--out", "c", *FAST],
+        "--prune-heads",
+    ),
+    "compress-prune-heads-no-task": (
+        ["compress", "{assets}/clf", "--prune-heads", "0.3", "--out", "c"],
+        "--task",
+    ),
     # names
     "analyze-stage": (["analyze", "--stages", "nope", "--out", "run"], "unknown stage"),
     "analyze-task": (["analyze", "{assets}/model", "--task", "nope", "--out", "run", *FAST], "unknown task"),
     "analyze-pooling": (["analyze", "--pooling", "tokens", "--out", "run"], "pooling"),
     "analyze-ood": (["analyze", "{assets}/model", "--ood-tasks", "nope", "--out", "run", *ANALYZE], "nope"),
-    "analyze-probe-task": (["analyze", "{assets}/model", "--probe-tasks", "nope", "--out", "run", *ANALYZE],
-                           "nope"),
-    "compare-measure": (["compare", "{assets}/model", "{assets}/model", "--measure", "nope", "--out", "c"],
-                        "unknown similarity measure"),
-    "compare-rsa": (
-        ["compare", "{assets}/model", "{assets}/model", "--rsa", "nope", "--out", "c"], "--similarity.rsa"
+    "analyze-probe-task": (
+        ["analyze", "{assets}/model", "--probe-tasks", "nope", "--out", "run", *ANALYZE],
+        "nope",
     ),
-    "heads-objective": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--objective", "nope", "--out",
-                         "h"], "unknown --objective"),
-    "heads-rank-by": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune-curve", "--rank-by",
-                       "nope", "--out", "h"], "unknown --rank-by"),
-    "heads-task-on-base": (["heads", "{assets}/model", "--task", "movie-sentiment", "--objective", "task",
-                            "--out", "h"], "trained classifier head"),
-    "heads-mlm-no-fit": (["heads", "{assets}/model", "--task", "movie-sentiment", "--objective", "mlm",
-                          "--no-fit-mlm-head", "--out", "h", *FAST], "masked-LM head"),
-    "extract-pooling": (["extract", "{assets}/model", "--pooling", "nope", "--out", "r.safetensors"],
-                        "pooling"),
-    "device": (["extract", "{assets}/model", "--device", "tpu", "--limit", "4", "--out", "r.safetensors"],
-               "device"),
+    "compare-measure": (
+        ["compare", "{assets}/model", "{assets}/model", "--measure", "nope", "--out", "c"],
+        "unknown similarity measure",
+    ),
+    "compare-rsa": (
+        ["compare", "{assets}/model", "{assets}/model", "--rsa", "nope", "--out", "c"],
+        "--similarity.rsa",
+    ),
+    "heads-objective": (
+        ["heads", "{assets}/clf", "--task", "movie-sentiment", "--objective", "nope", "--out", "h"],
+        "unknown --objective",
+    ),
+    "heads-rank-by": (
+        [
+            "heads",
+            "{assets}/clf",
+            "--task",
+            "movie-sentiment",
+            "--prune-curve",
+            "--rank-by",
+            "nope",
+            "--out",
+            "h",
+        ],
+        "unknown --rank-by",
+    ),
+    "heads-task-on-base": (
+        ["heads", "{assets}/model", "--task", "movie-sentiment", "--objective", "task", "--out", "h"],
+        "trained classifier head",
+    ),
+    "heads-mlm-no-fit": (
+        [
+            "heads",
+            "{assets}/model",
+            "--task",
+            "movie-sentiment",
+            "--objective",
+            "mlm",
+            "--no-fit-mlm-head",
+            "--out",
+            "h",
+            *FAST,
+        ],
+        "masked-LM head",
+    ),
+    "extract-pooling": (
+        ["extract", "{assets}/model", "--pooling", "nope", "--out", "r.safetensors"],
+        "pooling",
+    ),
+    "device": (
+        ["extract", "{assets}/model", "--device", "tpu", "--limit", "4", "--out", "r.safetensors"],
+        "device",
+    ),
     "usage-option": (["extract", "--no-such-option"], "no such option"),
     "usage-command": (["no-such-command"], "no such command"),
     # data
-    "data-missing": (["extract", "{assets}/model", "--data", "{assets}/data/nope.csv", "--text", "text",
-                      "--out", "r.safetensors", *FAST], "not found"),
-    "data-tabs-as-csv": (["extract", "{assets}/model", "--data", "{assets}/data/tabs.csv", "--text", "text",
-                          "--out", "r.safetensors", *FAST], "tab-separated"),
-    "data-ragged": (["extract", "{assets}/model", "--data", "{assets}/data/ragged.csv", "--text", "text",
-                     "--label", "label", "--out", "r.safetensors", *FAST], "line 3"),
-    "data-unclosed-quote": (["extract", "{assets}/model", "--data", "{assets}/data/quote.csv", "--text",
-                             "text", "--label", "label", "--out", "r.safetensors", *FAST], "never closed"),
-    "data-not-utf8": (["extract", "{assets}/model", "--data", "{assets}/data/latin1.csv", "--text", "text",
-                       "--out", "r.safetensors", *FAST], "utf-8"),
-    "data-empty": (["extract", "{assets}/model", "--data", "{assets}/data/empty.csv", "--text", "text",
-                    "--out", "r.safetensors", *FAST], "empty"),
-    "data-no-text-flag": (["extract", "{assets}/model", "--data", "{assets}/data/good.csv", "--out",
-                           "r.safetensors"], "--text"),
-    "data-wrong-column": (["extract", "{assets}/model", "--data", "{assets}/data/good.csv", "--text",
-                           "sentence", "--out", "r.safetensors", *FAST], "--text"),
-    "data-task-and-file": (["extract", "{assets}/model", "--task", "movie-sentiment", "--data",
-                            "{assets}/data/good.csv", "--text", "text", "--out", "r.safetensors"],
-                           "not both"),
-    "glue-missing": (["extract", "{assets}/model", "--task", "rte", "--data-dir", "{assets}/empty-dir",
-                      "--out", "r.safetensors", *FAST], "rte"),
-    "variability-one-class": (["variability", "{assets}/model", "--task", "sst2", "--data-dir",
-                               "{assets}/one-class", "--out", "v", *FAST], "only the class"),
-    "analyze-one-class-train": (["analyze", "{assets}/model", "--task", "sst2", "--data-dir",
-                                 "{assets}/one-class", "--stages", "finetune", "--out", "run", *ANALYZE],
-                                "only the class"),
-    "heads-unlabelled": (["heads", "{assets}/clf", "--task", "sst2", "--data-dir", "{assets}/unlabelled",
-                          "--split", "test", "--out", "h", *FAST], "needs labels"),
-    "finetune-one-class": (["finetune", "{assets}/model", "--task", "sst2", "--data-dir",
-                            "{assets}/one-class",
-                            "--out", "ft", *FAST], "class"),
+    "data-missing": (
+        [
+            "extract",
+            "{assets}/model",
+            "--data",
+            "{assets}/data/nope.csv",
+            "--text",
+            "text",
+            "--out",
+            "r.safetensors",
+            *FAST,
+        ],
+        "not found",
+    ),
+    "data-tabs-as-csv": (
+        [
+            "extract",
+            "{assets}/model",
+            "--data",
+            "{assets}/data/tabs.csv",
+            "--text",
+            "text",
+            "--out",
+            "r.safetensors",
+            *FAST,
+        ],
+        "tab-separated",
+    ),
+    "data-ragged": (
+        [
+            "extract",
+            "{assets}/model",
+            "--data",
+            "{assets}/data/ragged.csv",
+            "--text",
+            "text",
+            "--label",
+            "label",
+            "--out",
+            "r.safetensors",
+            *FAST,
+        ],
+        "line 3",
+    ),
+    "data-unclosed-quote": (
+        [
+            "extract",
+            "{assets}/model",
+            "--data",
+            "{assets}/data/quote.csv",
+            "--text",
+            "text",
+            "--label",
+            "label",
+            "--out",
+            "r.safetensors",
+            *FAST,
+        ],
+        "never closed",
+    ),
+    "data-not-utf8": (
+        [
+            "extract",
+            "{assets}/model",
+            "--data",
+            "{assets}/data/latin1.csv",
+            "--text",
+            "text",
+            "--out",
+            "r.safetensors",
+            *FAST,
+        ],
+        "utf-8",
+    ),
+    "data-empty": (
+        [
+            "extract",
+            "{assets}/model",
+            "--data",
+            "{assets}/data/empty.csv",
+            "--text",
+            "text",
+            "--out",
+            "r.safetensors",
+            *FAST,
+        ],
+        "empty",
+    ),
+    "data-no-text-flag": (
+        ["extract", "{assets}/model", "--data", "{assets}/data/good.csv", "--out", "r.safetensors"],
+        "--text",
+    ),
+    "data-wrong-column": (
+        [
+            "extract",
+            "{assets}/model",
+            "--data",
+            "{assets}/data/good.csv",
+            "--text",
+            "sentence",
+            "--out",
+            "r.safetensors",
+            *FAST,
+        ],
+        "--text",
+    ),
+    "data-task-and-file": (
+        [
+            "extract",
+            "{assets}/model",
+            "--task",
+            "movie-sentiment",
+            "--data",
+            "{assets}/data/good.csv",
+            "--text",
+            "text",
+            "--out",
+            "r.safetensors",
+        ],
+        "not both",
+    ),
+    "glue-missing": (
+        [
+            "extract",
+            "{assets}/model",
+            "--task",
+            "rte",
+            "--data-dir",
+            "{assets}/empty-dir",
+            "--out",
+            "r.safetensors",
+            *FAST,
+        ],
+        "rte",
+    ),
+    "variability-one-class": (
+        [
+            "variability",
+            "{assets}/model",
+            "--task",
+            "sst2",
+            "--data-dir",
+            "{assets}/one-class",
+            "--out",
+            "v",
+            *FAST,
+        ],
+        "only the class",
+    ),
+    "analyze-one-class-train": (
+        [
+            "analyze",
+            "{assets}/model",
+            "--task",
+            "sst2",
+            "--data-dir",
+            "{assets}/one-class",
+            "--stages",
+            "finetune",
+            "--out",
+            "run",
+            *ANALYZE,
+        ],
+        "only the class",
+    ),
+    "heads-unlabelled": (
+        [
+            "heads",
+            "{assets}/clf",
+            "--task",
+            "sst2",
+            "--data-dir",
+            "{assets}/unlabelled",
+            "--split",
+            "test",
+            "--out",
+            "h",
+            *FAST,
+        ],
+        "needs labels",
+    ),
+    "finetune-one-class": (
+        [
+            "finetune",
+            "{assets}/model",
+            "--task",
+            "sst2",
+            "--data-dir",
+            "{assets}/one-class",
+            "--out",
+            "ft",
+            *FAST,
+        ],
+        "class",
+    ),
     # output locations
     "analyze-out-file": (["analyze", "--out", "{assets}/a-file.txt"], "is a file"),
     "analyze-out-under-file": (["analyze", "--out", "{assets}/a-file.txt/run"], "under the file"),
     "analyze-out-foreign-folder": (["analyze", "--out", "{assets}/data"], "not a tunescope run folder"),
-    "compare-out-file": (["compare", "{assets}/model", "{assets}/model", "--out", "{assets}/a-file.txt"],
-                         "is a file"),
+    "compare-out-file": (
+        ["compare", "{assets}/model", "{assets}/model", "--out", "{assets}/a-file.txt"],
+        "is a file",
+    ),
     "extract-out-folder": (["extract", "{assets}/model", "--out", "{assets}/empty-dir"], "is a folder"),
-    "extract-out-under-file": (["extract", "{assets}/model", "--out", "{assets}/a-file.txt/r.safetensors"],
-                               "under the file"),
-    "extract-cache-dir-file": (["extract", "{assets}/model", "--cache-dir", "{assets}/a-file.txt", "--out",
-                                "r.safetensors"], "--cache-dir"),
-    "finetune-out-file": (["finetune", "{assets}/model", "--task", "movie-sentiment", "--out",
-                           "{assets}/a-file.txt"], "is a file"),
-    "finetune-out-foreign-folder": (["finetune", "{assets}/model", "--task", "movie-sentiment", "--out",
-                                     "{assets}/data", *FAST], "data"),
-    "truncate-out-file": (["truncate", "{assets}/clf", "--task", "movie-sentiment", "--out",
-                           "{assets}/a-file.txt"], "is a file"),
-    "compress-out-file": (["compress", "{assets}/clf", "--drop-top", "1", "--out", "{assets}/a-file.txt"],
-                          "is a file"),
-    "compress-out-not-empty": (["compress", "{assets}/clf", "--drop-top", "1", "--out", "{assets}/data"],
-                               "not empty"),
-    "heads-out-file": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--out", "{assets}/a-file.txt"],
-                       "is a file"),
-    "heads-out-not-empty": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--out", "{assets}/data"],
-                            "not empty"),
-    "heads-export-not-empty": (["heads", "{assets}/clf", "--task", "movie-sentiment", "--prune", "0.3",
-                                "--export", "{assets}/data", "--out", "h"], "--export"),
+    "extract-out-under-file": (
+        ["extract", "{assets}/model", "--out", "{assets}/a-file.txt/r.safetensors"],
+        "under the file",
+    ),
+    "extract-cache-dir-file": (
+        ["extract", "{assets}/model", "--cache-dir", "{assets}/a-file.txt", "--out", "r.safetensors"],
+        "--cache-dir",
+    ),
+    "finetune-out-file": (
+        ["finetune", "{assets}/model", "--task", "movie-sentiment", "--out", "{assets}/a-file.txt"],
+        "is a file",
+    ),
+    "finetune-out-foreign-folder": (
+        ["finetune", "{assets}/model", "--task", "movie-sentiment", "--out", "{assets}/data", *FAST],
+        "data",
+    ),
+    "truncate-out-file": (
+        ["truncate", "{assets}/clf", "--task", "movie-sentiment", "--out", "{assets}/a-file.txt"],
+        "is a file",
+    ),
+    "compress-out-file": (
+        ["compress", "{assets}/clf", "--drop-top", "1", "--out", "{assets}/a-file.txt"],
+        "is a file",
+    ),
+    "compress-out-not-empty": (
+        ["compress", "{assets}/clf", "--drop-top", "1", "--out", "{assets}/data"],
+        "not empty",
+    ),
+    "heads-out-file": (
+        ["heads", "{assets}/clf", "--task", "movie-sentiment", "--out", "{assets}/a-file.txt"],
+        "is a file",
+    ),
+    "heads-out-not-empty": (
+        ["heads", "{assets}/clf", "--task", "movie-sentiment", "--out", "{assets}/data"],
+        "not empty",
+    ),
+    "heads-export-not-empty": (
+        [
+            "heads",
+            "{assets}/clf",
+            "--task",
+            "movie-sentiment",
+            "--prune",
+            "0.3",
+            "--export",
+            "{assets}/data",
+            "--out",
+            "h",
+        ],
+        "--export",
+    ),
     "probe-out-file": (["probe", "{assets}/model", "--out", "{assets}/a-file.txt"], "is a file"),
     "variability-out-file": (["variability", "{assets}/model", "--out", "{assets}/a-file.txt"], "is a file"),
     "report-not-a-run": (["report", "{assets}/data"], "not a tunescope run folder"),
@@ -448,8 +787,19 @@ def test_config_change_retires_stale_tables(
     cli: Cli, assets: Path, finished_run: Path, tmp_path: Path
 ) -> None:
     run_dir = _copy(finished_run, tmp_path)
-    run = cli.run("analyze", f"{assets}/model", "--no-finetune", "--stages", "layers", "--out", str(run_dir),
-                  "--limit", "12", *FAST, cwd=tmp_path)
+    run = cli.run(
+        "analyze",
+        f"{assets}/model",
+        "--no-finetune",
+        "--stages",
+        "layers",
+        "--out",
+        str(run_dir),
+        "--limit",
+        "12",
+        *FAST,
+        cwd=tmp_path,
+    )
     assert run.rc == 0, run.err
     assert any("configuration changed" in line and "limit" in line for line in run.err_lines), run.err
     assert sorted(p.name for p in (run_dir / "results").iterdir()) == ["layer_stats.csv"]
@@ -493,8 +843,21 @@ def test_ctrl_c_records_the_stage_and_resumes(cli: Cli, assets: Path, tmp_path: 
 
 
 def test_ctrl_c_during_fine_tuning(cli: Cli, assets: Path, tmp_path: Path) -> None:
-    argv = ["finetune", f"{assets}/model", "--task", "movie-sentiment", "--train-limit", "16",
-            "--validation-limit", "8", "--epochs", "2", "--out", "ft", *FAST]
+    argv = [
+        "finetune",
+        f"{assets}/model",
+        "--task",
+        "movie-sentiment",
+        "--train-limit",
+        "16",
+        "--validation-limit",
+        "8",
+        "--epochs",
+        "2",
+        "--out",
+        "ft",
+        *FAST,
+    ]
     interrupt = {"patch": "tunescope.finetune.loop:_validate", "when": 2, "action": "sigint_before"}
     run = cli.run(*argv, cwd=tmp_path, faults=(interrupt,))
     assert run.rc == 130 and run.err_lines[-1].startswith("interrupted:"), run.err
@@ -549,8 +912,11 @@ def test_kill_9_during_extract_output(cli: Cli, assets: Path, tmp_path: Path, pa
 
 def test_kill_9_during_export(cli: Cli, assets: Path, tmp_path: Path) -> None:
     argv = ["compress", f"{assets}/clf", "--drop-top", "1", "--out", "small", *FAST]
-    save = {"patch": "transformers.modeling_utils:PreTrainedModel.save_pretrained", "when": 1,
-            "action": "sigkill_after"}
+    save = {
+        "patch": "transformers.modeling_utils:PreTrainedModel.save_pretrained",
+        "when": 1,
+        "action": "sigkill_after",
+    }
     assert cli.run(*argv, cwd=tmp_path, faults=(save,)).rc == -9
     assert not (tmp_path / "small").exists()
     run = cli.run(*argv, cwd=tmp_path)
@@ -567,13 +933,40 @@ def _modes(folder: Path) -> set[tuple[str, int]]:
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_files_get_the_users_umask(cli: Cli, assets: Path, tmp_path: Path, umask: int) -> None:
-    run = cli.run("analyze", f"{assets}/model", "--stages", "finetune,layers", "--out", "run", *ANALYZE,
-                  cwd=tmp_path, umask=umask)
+    run = cli.run(
+        "analyze",
+        f"{assets}/model",
+        "--stages",
+        "finetune,layers",
+        "--out",
+        "run",
+        *ANALYZE,
+        cwd=tmp_path,
+        umask=umask,
+    )
     assert run.rc == 0, run.err
-    assert cli.run("extract", f"{assets}/model", "--limit", "8", "--out", "reps.safetensors",
-                   "--cache-dir", "cache", *FAST, cwd=tmp_path, umask=umask).rc == 0
-    assert cli.run("compress", f"{assets}/clf", "--drop-top", "1", "--out", "small", *FAST,
-                   cwd=tmp_path, umask=umask).rc == 0
+    assert (
+        cli.run(
+            "extract",
+            f"{assets}/model",
+            "--limit",
+            "8",
+            "--out",
+            "reps.safetensors",
+            "--cache-dir",
+            "cache",
+            *FAST,
+            cwd=tmp_path,
+            umask=umask,
+        ).rc
+        == 0
+    )
+    assert (
+        cli.run(
+            "compress", f"{assets}/clf", "--drop-top", "1", "--out", "small", *FAST, cwd=tmp_path, umask=umask
+        ).rc
+        == 0
+    )
     expected = {("file", 0o666 & ~umask), ("dir", 0o777 & ~umask)}
     for folder in ("run", "cache", "small"):
         assert _modes(tmp_path / folder) <= expected, (folder, _modes(tmp_path / folder))
@@ -582,7 +975,17 @@ def test_files_get_the_users_umask(cli: Cli, assets: Path, tmp_path: Path, umask
 
 def test_extraction_bytes_are_reproducible(cli: Cli, assets: Path, tmp_path: Path) -> None:
     for name in ("a", "b"):
-        run = cli.run("extract", f"{assets}/model", "--limit", "8", "--pooling", "tokens", "--out",
-                      f"{name}.safetensors", *FAST, cwd=tmp_path)
+        run = cli.run(
+            "extract",
+            f"{assets}/model",
+            "--limit",
+            "8",
+            "--pooling",
+            "tokens",
+            "--out",
+            f"{name}.safetensors",
+            *FAST,
+            cwd=tmp_path,
+        )
         assert run.rc == 0, run.err
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()

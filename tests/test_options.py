@@ -54,9 +54,22 @@ def test_every_stage_option_has_a_default_a_help_line_and_a_flag():
 
 def test_flags_file_and_aliases_give_the_same_config(tmp_path, cli_config):
     flags = cli_config(
-        "--out", str(tmp_path / "run"), "--limit", "8", "--epochs", "2",
-        "--variability.budget", "3", "--ffn.layers", "2-3", "--similarity.rsa", "none",
-        "--probes.tasks", "pos", "--domains.ood-tasks", "nyt-sentiment",
+        "--out",
+        str(tmp_path / "run"),
+        "--limit",
+        "8",
+        "--epochs",
+        "2",
+        "--variability.budget",
+        "3",
+        "--ffn.layers",
+        "2-3",
+        "--similarity.rsa",
+        "none",
+        "--probes.tasks",
+        "pos",
+        "--domains.ood-tasks",
+        "nyt-sentiment",
     )
     file = tmp_path / "run.toml"
     file.write_text(
@@ -66,8 +79,22 @@ def test_flags_file_and_aliases_give_the_same_config(tmp_path, cli_config):
     )
     from_file = cli_config("--config", str(file))
     aliases = cli_config(
-        "--out", str(tmp_path / "run"), "--limit", "8", "--epochs", "2", "--budget", "3",
-        "--ffn-layers", "2,3", "--rsa", "none", "--probe-tasks", "pos", "--ood-tasks", "nyt-sentiment",
+        "--out",
+        str(tmp_path / "run"),
+        "--limit",
+        "8",
+        "--epochs",
+        "2",
+        "--budget",
+        "3",
+        "--ffn-layers",
+        "2,3",
+        "--rsa",
+        "none",
+        "--probe-tasks",
+        "pos",
+        "--ood-tasks",
+        "nyt-sentiment",
     )
     library = AnalyzeConfig(
         out=tmp_path / "run",
@@ -88,7 +115,7 @@ def test_flags_file_and_aliases_give_the_same_config(tmp_path, cli_config):
 
 def test_flags_win_over_the_file_and_the_rest_keeps_the_defaults(tmp_path, cli_config):
     file = tmp_path / "run.toml"
-    file.write_text('limit = 8\n[variability]\nbudget = 3\n')
+    file.write_text("limit = 8\n[variability]\nbudget = 3\n")
     config = cli_config("--config", str(file), "--limit", "16", "--variability.budget", "4")
     assert config.limit == 16 and config.options_for("variability").budget == 4
     assert config.epochs == AnalyzeConfig().epochs

@@ -16,8 +16,18 @@ from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
-BUILTIN = ("finetune", "layers", "similarity", "truncation", "ablation", "ffn", "probes", "variability",
-           "selection", "domains")
+BUILTIN = (
+    "finetune",
+    "layers",
+    "similarity",
+    "truncation",
+    "ablation",
+    "ffn",
+    "probes",
+    "variability",
+    "selection",
+    "domains",
+)
 
 
 def test_builtin_stages_are_discovered_in_the_order_they_declare():
@@ -39,7 +49,7 @@ def test_ordered_follows_needs_whatever_the_order_asked(monkeypatch):
         ordered(["a", "b"])
 
 
-PACKAGE = '''
+PACKAGE = """
 from tunescope.pipeline import Stage, Table
 
 
@@ -50,13 +60,13 @@ def run(ctx):
 
 
 STAGE = Stage(name="row_counts", title="Rows per layer", run=run, needs=("layers",))
-'''
+"""
 
-SECTION = '''
+SECTION = """
 def build(sec):
     rows = sec.table("row_counts")
     return {"sentence": f"{len(rows)} layers counted by a plug-in stage."} if rows else None
-'''
+"""
 
 
 @pytest.fixture
@@ -84,8 +94,15 @@ def test_entry_point_stage_runs_ordered_and_reported(tmp_path, plugin):
     assert STAGES["row_counts"].package == "rowcount_stage"
     assert ordered(["row_counts", "layers"]) == ["layers", "row_counts"]
     model = save_model(tiny_model("bert", num_layers=2), tmp_path / "model")
-    config = AnalyzeConfig(out=tmp_path / "run", model=model, limit=8, batch_size=8, device="cpu",
-                           finetune=False, stages=("row_counts", "layers"))
+    config = AnalyzeConfig(
+        out=tmp_path / "run",
+        model=model,
+        limit=8,
+        batch_size=8,
+        device="cpu",
+        finetune=False,
+        stages=("row_counts", "layers"),
+    )
     root = analyze(config, progress=False)
     assert read_manifest(root)["stages"]["row_counts"]["status"] == "done"
     assert read_csv(root / "results" / "row_counts.csv") == [

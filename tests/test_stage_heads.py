@@ -97,8 +97,8 @@ def test_the_summary_follows_the_curves(run):
     assert [r["rank_by"] for r in summary] == ["task", "mlm", "random"]
     for row in summary:
         mine = [r for r in curves if r["rank_by"] == row["rank_by"]]
-        seeds = {r["seed"] for r in mine}
-        assert int(row["n_seeds"]) == len(seeds) == (2 if row["rank_by"] == "random" else 1)
+        seeds = {r["rank_seed"] for r in mine}
+        assert int(row["rank_seeds"]) == len(seeds) == (2 if row["rank_by"] == "random" else 1)
         steps = sorted({int(r["heads_pruned"]) for r in mine})
         assert steps[0] == 0 and steps == sorted(steps) and steps[-1] <= 12 - 3  # one head kept per layer
         mean = {
@@ -108,6 +108,22 @@ def test_the_summary_follows_the_curves(run):
         assert int(row["heads_prunable"]) == max(within)
         assert float(row["value_at"]) == pytest.approx(mean[max(within)])
         assert float(row["mean_value"]) == pytest.approx(sum(mean.values()) / len(mean))
+        first = [r for r in mine if r["rank_seed"] == min(seeds, key=int)]
+        at = {int(r["heads_pruned"]): r for r in first}[int(row["heads_prunable"])]
+        assert float(row["delta"]) == pytest.approx(float(at["delta"]))  # the curve's own paired change
+        assert (float(row["delta_ci_low"]), float(row["delta_ci_high"])) == pytest.approx(
+            (float(at["delta_ci_low"]), float(at["delta_ci_high"]))
+        )
+    task = summary[0]
+    assert (float(task["vs_task"]), float(task["vs_task_ci_low"]), float(task["vs_task_ci_high"])) == (
+        0,
+        0,
+        0,
+    )
+    for row in curves:  # every step's interval holds its value; the unpruned step differs by exactly 0
+        assert float(row["ci_low"]) <= float(row["value"]) <= float(row["ci_high"])
+        if row["heads_pruned"] == "0":
+            assert (float(row["delta_ci_low"]), float(row["delta_ci_high"])) == (0.0, 0.0)
 
 
 def test_physical_pruning_computes_what_masking_computed(run):
@@ -121,6 +137,8 @@ def test_physical_pruning_computes_what_masking_computed(run):
     assert int(speed["params_pruned"]) == count_parameters(pruned) < count_parameters(tuned)
     # the curve evaluated the masked model on the heads' examples; the pruned model scores the same
     assert float(speed["value_pruned"]) == pytest.approx(float(step["value"]))
+    assert float(speed["delta"]) == pytest.approx(float(speed["value_pruned"]) - float(speed["value"]))
+    assert float(speed["delta_ci_low"]) <= float(speed["delta"]) <= float(speed["delta_ci_high"])
 
 
 def test_prune_then_tune_against_tune_then_prune(run):

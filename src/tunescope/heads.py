@@ -41,15 +41,20 @@ from tunescope.data.tokens import TokenExamples
 from tunescope.errors import CacheError, DataError, InputError, ModelLoadError, UnknownNameError
 from tunescope.inference import (
     IGNORE_INDEX,
+    Predictions,
+    _check_fits,
+    _metric_names,
     collator,
     data_kind,
     features,
     head_kind,
     length_batches,
     max_length_for,
+    predictions,
 )
-from tunescope.inference import evaluate as evaluate_task
+from tunescope.intervals import check_interval_options
 from tunescope.locations import location
+from tunescope.metrics import score
 from tunescope.models.gates import HeadGates
 from tunescope.models.loading import Encoder, from_model, require_classifier, resolve_device
 
@@ -86,9 +91,15 @@ PRUNING_COLUMNS = (
     "heads_pruned",
     "metric",
     "value",
+    "ci_low",
+    "ci_high",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "n_boot",
     "pruned",
 )
-"""Keys of each :func:`prune_curve` row."""
+"""Keys of each :func:`prune_curve` row (the intervals are NaN for the ``mlm`` and ``kl`` objectives)."""
 
 HEADS_COLUMNS = ("model", "objective", "layer", "head", "location", "importance", "normalized")
 """Keys of each :meth:`HeadImportance.rows` row (the ``heads.csv`` table)."""
@@ -234,6 +245,8 @@ class _Plan:
     loss: Callable[[_Batch], Tensor | None]  # batch mean loss under the current gates
     evaluate: Callable[[], list[tuple[str, float]]]  # (metric, value) under the current gates
     modules: tuple[nn.Module, ...]  # extra modules to freeze while scoring (MLM heads)
+    predict: Callable[[], Predictions] | None = None  # what the task head predicts, for intervals
+    metrics: tuple[str, ...] = ()  # the metrics ``evaluate`` reports, when ``predict`` is given
 
 
 @dataclass(frozen=True)
@@ -372,17 +385,20 @@ def _plan_task(encoder: Encoder, examples: AnyExamples, s: _Settings) -> _Plan:
         out: Tensor = encoder.model(**_to(batch.inputs, device), labels=labels.to(device)).loss
         return out
 
-    def evaluate() -> list[tuple[str, float]]:
-        scores = evaluate_task(
-            encoder,
-            examples,
-            metric=s.metric,
-            batch_size=s.batch_size,
-            max_length=_limit(encoder, s.max_length),
+    names = tuple(_metric_names(s.metric, None, examples))
+    _check_fits(encoder, examples, names)
+
+    def predict() -> Predictions:
+        return predictions(
+            encoder, examples, batch_size=s.batch_size, max_length=_limit(encoder, s.max_length)
         )
+
+    def evaluate() -> list[tuple[str, float]]:
+        found = predict()
+        scores = score(list(names), found.predictions, found.labels)
         return [(name, float(value)) for name, value in scores.items() if name != "n"]
 
-    return _Plan("task", "task", batches, loss, evaluate, ())
+    return _Plan("task", "task", batches, loss, evaluate, (), predict, names)
 
 
 # -- mlm --------------------------------------------------------------------------------------------
@@ -1299,7 +1315,10 @@ def prune_curve(
     mlm_head: nn.Module | None = None,
     cache_dir: str | Path | None = None,
     tokenizer: Any = None,
-) -> list[dict[str, Any]]:
+    n_boot: int = 1000,
+    level: float = 0.95,
+    keep_predictions: bool = False,
+) -> Any:
     """Mask the least important heads a step at a time and evaluate after every step.
 
     Michel et al. (2019), section 4: start from the full model, switch off the ``step`` share of all
@@ -1322,12 +1341,19 @@ def prune_curve(
         allow_empty_layers: Whether a layer may lose all its heads (default: one is always kept).
         metric: Task metric name(s) for ``objective="task"`` (default as in ``evaluate``).
         batch_size, max_length, device, progress, seed, fit_mlm_head, mlm_head, cache_dir, tokenizer: As for
-            :func:`head_importance_batches`; ``seed`` also seeds the random ranking.
+            :func:`head_importance_batches`; ``seed`` also seeds the random ranking and the resampling.
+        n_boot: Bootstrap resamples of the task objective's intervals (at least 100).
+        level: Their coverage.
+        keep_predictions: Also return what the task head predicted at each step (task objective).
 
     Returns:
         One dict per (step, metric) with the keys of :data:`PRUNING_COLUMNS`: ``rank_by``,
         ``objective`` (the label, e.g. ``"mlm (fitted head)"``), ``heads_pruned_fraction``,
         ``heads_pruned``, ``metric``, ``value`` and ``pruned`` (location strings joined by ``;``).
+        For the ``task`` objective ``ci_low``/``ci_high`` is the bootstrap interval of ``value`` over
+        examples and ``delta`` (value minus the unpruned model's) has a paired interval
+        (:mod:`tunescope.intervals`: predictions resampled, the model not re-run); the other
+        objectives leave them NaN. With ``keep_predictions``: ``(rows, {heads_pruned: Predictions})``.
 
     Raises:
         InputError: ``step`` outside (0, 1), unknown ``scope``, plus what the objectives raise.
@@ -1345,6 +1371,7 @@ def prune_curve(
     if rank_by != "random":
         _objective(rank_by, "rank_by")
     _objective(objective)
+    check_interval_options(n_boot, level)
     if not 0 < step < 1:
         raise InputError(f"step must be in (0, 1), got {step}; e.g. 0.1 prunes 10% of the heads per step")
     if scope not in ("global", "layer"):
@@ -1378,6 +1405,7 @@ def prune_curve(
         gen = torch.Generator().manual_seed(seed)
         scores = torch.randperm(total, generator=gen).double().reshape(n_layers, n_heads)
     rows: list[dict[str, Any]] = []
+    kept: dict[int, Predictions] = {}
     for count in track(counts, total=len(counts), description="pruning", enabled=progress):
         if count:
             if rank_plan is not None and (rescore or scores is None):
@@ -1386,9 +1414,17 @@ def prune_curve(
             alive = _prune_more(scores, alive, count, typed_scope, allow_empty_layers)
             with torch.no_grad():
                 gates.copy_(alive.to(gates.dtype))
+        found: Predictions | None = None
         with HeadGates(encoder, gates):
-            measured = eval_plan.evaluate()
+            if eval_plan.predict is None:
+                measured = eval_plan.evaluate()
+            else:
+                found = eval_plan.predict()
+                scores_now = score(list(eval_plan.metrics), found.predictions, found.labels)
+                measured = [(name, float(v)) for name, v in scores_now.items() if name != "n"]
         pruned = int((~alive).sum())
+        if found is not None:
+            kept[pruned] = found
         for name, value in measured:
             rows.append(
                 {
@@ -1398,10 +1434,32 @@ def prune_curve(
                     "heads_pruned": pruned,
                     "metric": name,
                     "value": value,
+                    **_curve_intervals(kept, pruned, name, n_boot, level, seed),
                     "pruned": _locations(alive),
                 }
             )
-    return rows
+    return (rows, kept) if keep_predictions else rows
+
+
+def _curve_intervals(
+    kept: dict[int, Predictions], pruned: int, metric: str, n_boot: int, level: float, seed: int
+) -> dict[str, Any]:
+    """A curve row's interval columns: the step's metric, and its paired difference from step 0."""
+    nan = math.nan
+    if pruned not in kept or 0 not in kept:  # the mlm and kl objectives keep no predictions
+        return dict.fromkeys(("ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high"), nan) | {
+            "n_boot": n_boot
+        }
+    now = kept[pruned].interval(metric, n_boot=n_boot, level=level, seed=seed)
+    delta = kept[0].difference(kept[pruned], metric, n_boot=n_boot, level=level, seed=seed)
+    return {
+        "ci_low": now.low,
+        "ci_high": now.high,
+        "delta": delta.value,
+        "delta_ci_low": delta.low,
+        "delta_ci_high": delta.high,
+        "n_boot": n_boot,
+    }
 
 
 # ------------------------------------------------------------------------------------------------

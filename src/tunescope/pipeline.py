@@ -51,6 +51,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+MAX_SEEDS = 10
+"""Most fine-tuning seeds one run accepts (each repeats every fine-tuning of the run)."""
+
 
 @dataclass(frozen=True)
 class AnalyzeConfig:
@@ -70,7 +73,8 @@ class AnalyzeConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         seed: seed for everything random.
         seeds: fine-tuning seeds: the stages that fine-tune or evaluate a fine-tuned model run once per
-            seed, and their tables gain a ``seed`` column (None: ``(seed,)``).
+            seed, and their tables gain a ``seed`` column (None: ``(seed,)``). The first is the run's
+            ``seed`` (it replaces the ``seed`` field), so its model is the one the other stages analyse.
         n_boot: bootstrap resamples behind every interval (``ci_low``/``ci_high``), at least 100.
         confidence: coverage of those intervals, in (0, 1).
         stages: names of the stages to run (default: all registered, in order).
@@ -136,6 +140,14 @@ class AnalyzeConfig:
                     f"seeds must be distinct whole numbers such as 0,1,2 (--seeds), got {self.seeds!r}"
                 )
             object.__setattr__(self, "seeds", seeds)
+            object.__setattr__(self, "seed", seeds[0])
+            if len(seeds) > MAX_SEEDS:
+                raise InputError(
+                    f"--seeds lists {len(seeds)} seeds; each one repeats every fine-tuning of the run (the "
+                    "fine-tuned model, and the ffn, selection and head-transfer experiments: about 6 "
+                    f"fine-tunings per seed, {6 * len(seeds)} here) and the evaluations of the stages "
+                    f"truncation, ablation and heads; use at most {MAX_SEEDS} (3 to 5 show the spread)"
+                )
         object.__setattr__(self, "options", _stage_options(self.options))
 
     @property
@@ -204,6 +216,9 @@ class Table:
     name: str
     columns: tuple[str, ...]
     rows: list[dict[str, Any]]
+    key: tuple[str, ...] = ()
+    """Columns that name a row across fine-tuning seeds (e.g. ``layers_kept``): with several seeds, the
+    rows of a seeded stage's keyed table are summarised across seeds in ``<name>_seeds``."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +250,9 @@ class Stage:
     options: type | None = None
     """The stage's options: a frozen dataclass whose fields are made by :func:`tunescope.options.option`
     (the CLI's ``--<stage>.<option>`` flags and the config file's ``[<stage>]`` table come from it)."""
+    seeded: bool = False
+    """The stage fine-tunes, or evaluates a fine-tuned model: it runs once per seed of ``--seeds`` and
+    its tables gain a ``seed`` column (:mod:`tunescope.seeds`)."""
 
     def fewest_examples(self, config: AnalyzeConfig) -> int:
         """:attr:`min_examples` under ``config``."""
@@ -297,6 +315,31 @@ class RunContext:
         self.notes: dict[str, None] = {}  # ordered set of remarks for the report
         self.training = RunTraining(config, self.models_dir, self.device, progress=progress)
         self.models = RunModels(config, self.device, self.training)
+        self._seeds: dict[int, RunContext] = {}
+
+    def for_seed(self, seed: int) -> RunContext:
+        """This run as fine-tuned with ``seed``: the same data and pre-trained model, its own tuned models.
+
+        The run's own seed (the first of ``--seeds``) is the run itself: its fine-tuned model is
+        ``RUN/models/tuned``, the one the representation stages analyse. Another seed's models go to
+        ``RUN/models/<name>-seed<seed>``. Notes go to the run's report.
+        """
+        from tunescope.runmodels import RunModels, RunTraining
+
+        if seed == self.config.seed:
+            return self
+        if seed not in self._seeds:
+            view = RunContext.__new__(RunContext)
+            view.__dict__.update(self.__dict__)
+            view.config = dataclasses.replace(self.config, seeds=None, seed=seed)
+            view.training = RunTraining(
+                view.config, self.models_dir, self.device, progress=self.progress, suffix=f"-seed{seed}"
+            )
+            view.models = RunModels(view.config, self.device, view.training, shared=self.models)
+            view._reps = {}
+            view._seeds = {}
+            self._seeds[seed] = view
+        return self._seeds[seed]
 
     def note(self, text: str) -> None:
         """Record a remark about the run (shown at the top of the report)."""
@@ -370,8 +413,11 @@ class RunContext:
         return self.models.records()
 
     def trained_records(self) -> dict[str, dict[str, Any]]:
-        """Folder, validation metric and training time of each model the run fine-tuned."""
-        return self.training.records()
+        """Folder, validation metric and training time of each model the run fine-tuned (every seed)."""
+        records = self.training.records()
+        for view in self._seeds.values():
+            records.update(view.training.records())
+        return records
 
     def examples(self, split: str | None = None) -> Examples:
         """Examples of the run's task (the analysis split by default), limited to ``config.limit``."""
@@ -506,7 +552,7 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
         manifest["stages"][name] = {"status": "running", "config": digest, "started": _now()}
         runfolder.write_manifest(root, manifest)
         try:
-            tables = stage.run(ctx)
+            tables = _run_stage(stage, ctx)
             outputs = [runfolder.write_table(root, t.name, t.rows, t.columns) for t in tables]
         except BaseException as err:
             interrupted = isinstance(err, KeyboardInterrupt)
@@ -532,6 +578,16 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
 
         build_report(root)
     return root
+
+
+def _run_stage(stage: Stage, ctx: RunContext) -> list[Table]:
+    """The stage's tables; a seeded stage runs once per fine-tuning seed, its tables merged."""
+    if not stage.seeded:
+        return list(stage.run(ctx))
+    from tunescope.seeds import combine
+
+    per_seed = [(seed, stage.run(ctx.for_seed(seed))) for seed in ctx.config.fit_seeds]
+    return combine(per_seed, level=ctx.config.confidence)
 
 
 def load_table(run_dir: str | Path, name: str) -> list[dict[str, str]]:

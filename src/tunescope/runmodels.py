@@ -25,11 +25,14 @@ __all__ = ["RunModels", "RunTraining"]
 class RunTraining:
     """How the run fine-tunes, and the models it fine-tuned (``RUN/models/<name>``), each trained once."""
 
-    def __init__(self, config: AnalyzeConfig, folder: Path, device: torch.device, *, progress: bool) -> None:
+    def __init__(
+        self, config: AnalyzeConfig, folder: Path, device: torch.device, *, progress: bool, suffix: str = ""
+    ) -> None:
         self.config = config
         self.folder = folder
         self.device = device
         self.progress = progress
+        self.suffix = suffix  # "-seed1" for a seed other than the run's first: RUN/models/<name>-seed1
         self._trained: dict[str, FinetuneResult] = {}
 
     def finetune_config(self, **changes: Any) -> FinetuneConfig:
@@ -54,6 +57,7 @@ class RunTraining:
         from tunescope.data import get_task
         from tunescope.finetune import finetune
 
+        name = f"{name}{self.suffix}"
         if name not in self._trained:
             self._trained[name] = finetune(
                 self.config.model if model is None else model,
@@ -86,12 +90,22 @@ class RunTraining:
 class RunModels:
     """The run's two models (``base`` and ``tuned``, named by ``config.labels``), each loaded once."""
 
-    def __init__(self, config: AnalyzeConfig, device: torch.device, training: RunTraining) -> None:
+    def __init__(
+        self,
+        config: AnalyzeConfig,
+        device: torch.device,
+        training: RunTraining,
+        *,
+        shared: RunModels | None = None,
+    ) -> None:
         self.config = config
         self.device = device
         self.training = training
         self._encoders: dict[str, Encoder] = {}
         self._classifier: Encoder | None = None
+        if shared is not None:  # another seed of the same run: the pre-trained model is the same
+            first = config.labels[0]
+            self._encoders.update({k: v for k, v in shared._encoders.items() if k == first})
 
     def has_tuned(self) -> bool:
         """Whether the run has a second model: given with ``--tuned``, or fine-tuned by the run."""

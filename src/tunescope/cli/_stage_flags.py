@@ -83,9 +83,7 @@ def _stage_flags() -> list[Any]:
                 metavar=spec.metavar or "VALUE",
                 rich_help_panel=f"Stage {name}",
             )
-            meta = ParamMeta(
-                name=f"{_PREFIX}{name}__{spec.name}", default=declared, annotation=str | None
-            )
+            meta = ParamMeta(name=f"{_PREFIX}{name}__{spec.name}", default=declared, annotation=str | None)
             flags.append(_click_param(meta))
     return flags
 

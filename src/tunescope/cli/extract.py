@@ -66,7 +66,13 @@ def extract(
     wanted = list(chosen) if chosen is not None else None
     torch.manual_seed(seed)
     examples = opt.load_examples(
-        task, data, text=text, text_pair=text_pair, label=label, split=split, data_dir=data_dir,
+        task,
+        data,
+        text=text,
+        text_pair=text_pair,
+        label=label,
+        split=split,
+        data_dir=data_dir,
         limit=limit or None,
     )
     encoder = load_encoder(model, device=str(resolve_device(device)))

@@ -273,9 +273,7 @@ def _compute(
 
     result = head_importance_batches(encoder, examples, objective, normalize=False, **settings)
     normalized = normalize_by_layer(result.raw)
-    tables: list[Table] = [
-        ("heads.csv", result.rows(encoder.name), HEADS_COLUMNS)
-    ]
+    tables: list[Table] = [("heads.csv", result.rows(encoder.name), HEADS_COLUMNS)]
     curve_rows: list[dict[str, Any]] = []
     if curve is not None:
         ranking, evaluated, step = curve

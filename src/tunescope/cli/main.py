@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TUNESCOPE_TRACEBACK"):
             raise
         where = f"{err.filename}: " if err.filename else ""
-        print(f"error: {where}{err.strerror or err}; check the path, its permissions and free space",
-              file=sys.stderr)
+        print(
+            f"error: {where}{err.strerror or err}; check the path, its permissions and free space",
+            file=sys.stderr,
+        )
         return 2
     except _unreadable() as err:  # a damaged file that no reader named (each reader should): last resort
         if os.environ.get("TUNESCOPE_TRACEBACK"):
@@ -101,8 +103,15 @@ def _unreadable() -> tuple[type[BaseException], ...]:
 
     from safetensors import SafetensorError
 
-    return (SafetensorError, json.JSONDecodeError, UnicodeDecodeError, csv.Error, pickle.UnpicklingError,
-            EOFError, zlib.error)
+    return (
+        SafetensorError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+        csv.Error,
+        pickle.UnpicklingError,
+        EOFError,
+        zlib.error,
+    )
 
 
 def _usage_line(err: Exception) -> str:

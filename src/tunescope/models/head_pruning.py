@@ -73,7 +73,6 @@ HeadRequest = Mapping[int, Iterable[int]] | Iterable[str | tuple[int, int]] | st
 """Heads to remove: ``{layer: [head, ...]}``, or location names ``"layer.3.head.5"`` / ``(layer, head)``."""
 
 
-
 # ------------------------------------------------------------------------------------------------
 # per-family layout of the attention block
 # ------------------------------------------------------------------------------------------------

@@ -711,11 +711,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N (--device)") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            f"device {device!r} asked for but CUDA is not available; use cpu or auto (--device)"
-        )
+        raise InputError(f"device {device!r} asked for but CUDA is not available; use cpu or auto (--device)")
     return resolved
-
 
 
 def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:

@@ -122,13 +122,14 @@ def run(ctx: RunContext) -> list[Table]:
             }
         )
         del model
-    return [Table("ablation", COLUMNS, rows)]
+    return [Table("ablation", COLUMNS, rows, key=("ablation", "layers"))]
 
 
 STAGE = Stage(
     name="ablation",
     title="Which layers' fine-tuning matters",
     run=run,
+    seeded=True,
     description=(
         "The fine-tuned model with one layer (or the top layers) put back to its pre-trained weights, "
         "or re-initialised, evaluated without retraining (Merchant et al. 2020)."

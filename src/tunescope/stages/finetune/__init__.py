@@ -70,6 +70,7 @@ STAGE = Stage(
     name="finetune",
     title="Fine-tuning",
     run=run,
+    seeded=True,
     description=(
         "The pre-trained model fine-tuned on the task (all parameters, AdamW with linear warm-up and "
         "decay); the epoch with the best validation metric is kept."

@@ -42,6 +42,7 @@ from tunescope.pipeline import RunContext, Stage, Table
 if TYPE_CHECKING:
     from tunescope.data import Examples
     from tunescope.heads import HeadImportance
+    from tunescope.inference import Predictions
     from tunescope.models import Encoder
 
 MAP_BATCH = 8
@@ -53,7 +54,8 @@ __all__ = ["COLUMNS", "HeadsOptions", "SPEED_COLUMNS", "SUMMARY_COLUMNS", "TRANS
 
 COLUMNS = HEADS_COLUMNS
 PAIR_COLUMNS = COHERENCE_COLUMNS
-CURVE_COLUMNS = ("model", "rank_by", "seed", *PRUNING_COLUMNS[1:])
+CURVE_COLUMNS = ("model", "rank_by", "rank_seed", *PRUNING_COLUMNS[1:])
+"""``rank_seed``: the seed of the ranking (the random control has several); ``seed`` is fine-tuning's."""
 SUMMARY_COLUMNS = (
     "model",
     "rank_by",
@@ -63,8 +65,15 @@ SUMMARY_COLUMNS = (
     "heads_prunable",
     "fraction_prunable",
     "value_at",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "vs_task",
+    "vs_task_ci_low",
+    "vs_task_ci_high",
     "mean_value",
-    "n_seeds",
+    "rank_seeds",
+    "n_boot",
 )
 SPEED_COLUMNS = (
     "heads_pruned",
@@ -76,6 +85,10 @@ SPEED_COLUMNS = (
     "metric",
     "value",
     "value_pruned",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "n_boot",
 )
 TRANSFER_COLUMNS = (
     "order",
@@ -84,6 +97,12 @@ TRANSFER_COLUMNS = (
     "heads_pruned",
     "metric",
     "value",
+    "ci_low",
+    "ci_high",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "n_boot",
     "params",
     "train_seconds",
 )
@@ -210,7 +229,17 @@ def _coherence_rows(ctx: RunContext, maps: dict[tuple[str, str], HeadImportance]
     return rows
 
 
-def _curves(ctx: RunContext, tuned: Encoder, examples: Examples, mlm_head: Any) -> list[dict[str, Any]]:
+Kept = dict[tuple[str, int], dict[int, "Predictions"]]
+"""What the task head predicted at each step of each curve: ``{(rank_by, seed): {heads_pruned: ...}}``."""
+
+
+def _boot(ctx: RunContext) -> dict[str, Any]:
+    return {"n_boot": ctx.config.n_boot, "level": ctx.config.confidence, "seed": ctx.config.seed}
+
+
+def _curves(
+    ctx: RunContext, tuned: Encoder, examples: Examples, mlm_head: Any
+) -> tuple[list[dict[str, Any]], Kept]:
     """Pruning curves of the fine-tuned model, evaluated on the task: ranked by task, MLM and at random."""
     from tunescope.heads import prune_curve
 
@@ -219,44 +248,69 @@ def _curves(ctx: RunContext, tuned: Encoder, examples: Examples, mlm_head: Any) 
     rankings += [("random", ctx.config.seed + i) for i in range(opts.random_seeds)]
     settings = {**_settings(ctx, mlm_head), "metric": ctx.task.metric}
     rows = []
+    kept: Kept = {}
     for rank_by, seed in rankings:
-        found = prune_curve(
+        found, kept[rank_by, seed] = prune_curve(
             tuned,
             examples,
             rank_by=rank_by,
             objective="task",
             step=opts.step,
             rescore=opts.rescore,
+            n_boot=ctx.config.n_boot,
+            level=ctx.config.confidence,
+            keep_predictions=True,
             **{**settings, "seed": seed},
         )
-        rows += [{**row, "model": ctx.config.labels[1], "seed": seed} for row in found]
-    return rows
+        rows += [{**row, "model": ctx.config.labels[1], "rank_seed": seed} for row in found]
+    return rows, kept
 
 
-def _summary(ctx: RunContext, curves: list[dict[str, Any]], total: int) -> list[dict[str, Any]]:
-    """Per ranking: the most heads pruned within ``max_loss`` points, and the curve's mean metric."""
+def _summary(ctx: RunContext, curves: list[dict[str, Any]], kept: Kept, total: int) -> list[dict[str, Any]]:
+    """Per ranking: the most heads pruned within ``max_loss`` points, and the curve's mean metric.
+
+    The count is read on the mean over seeds; ``delta`` (at that count, against no pruning) and
+    ``vs_task`` (this ranking minus the task ranking, both at the task ranking's count) are paired
+    intervals over the examples, from the first seed's curve.
+    """
     max_loss = ctx.config.options_for("heads").max_loss
+    metric = ctx.task.metric
+    boot = _boot(ctx)
     rows = []
+    task_count = None
     for rank_by in dict.fromkeys(r["rank_by"] for r in curves):
-        mine = [r for r in curves if r["rank_by"] == rank_by]
-        seeds = sorted({r["seed"] for r in mine})
+        mine = [r for r in curves if r["rank_by"] == rank_by and r["metric"] == metric]
+        seeds = sorted({r["rank_seed"] for r in mine})
         steps = sorted({r["heads_pruned"] for r in mine})
         mean = {n: statistics.fmean(r["value"] for r in mine if r["heads_pruned"] == n) for n in steps}
         full = mean[0]
         within = [n for n in steps if mean[n] >= full - max_loss / 100]
         most = max(within)
+        task_count = most if rank_by == "task" else task_count
+        steps_kept = kept[rank_by, seeds[0]]
+        delta = steps_kept[0].difference(steps_kept[most], metric, **boot)
+        at = task_count if task_count is not None else most
+        task_kept = kept.get(("task", ctx.config.seed), steps_kept)
+        versus = task_kept[at].difference(steps_kept[at], metric, **boot)
         rows.append(
             {
                 "model": mine[0]["model"],
                 "rank_by": rank_by,
-                "metric": mine[0]["metric"],
+                "metric": metric,
                 "full_value": full,
                 "max_loss": max_loss,
                 "heads_prunable": most,
                 "fraction_prunable": most / total,
                 "value_at": mean[most],
+                "delta": delta.value,
+                "delta_ci_low": delta.low,
+                "delta_ci_high": delta.high,
+                "vs_task": versus.value,
+                "vs_task_ci_low": versus.low,
+                "vs_task_ci_high": versus.high,
                 "mean_value": statistics.fmean(mean.values()),
-                "n_seeds": len(seeds),
+                "rank_seeds": len(seeds),
+                "n_boot": ctx.config.n_boot,
             }
         )
     return rows
@@ -291,7 +345,7 @@ def _speed(
     curves: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     """The task ranking's prunable heads removed physically: parameters and latency before and after."""
-    from tunescope.inference import evaluate
+    from tunescope.inference import predictions
     from tunescope.surgery import count_parameters, prune_heads
 
     (task_row,) = [r for r in summary if r["rank_by"] == "task"]
@@ -304,10 +358,11 @@ def _speed(
     pruned = prune_heads(tuned, step["pruned"].split(";"))
     max_length = ctx.config.max_length or 128
     metric = ctx.task.metric
-    scores = [
-        evaluate(m, examples, metric=metric, batch_size=ctx.config.batch_size, max_length=max_length)
+    found = [
+        predictions(m, examples, batch_size=ctx.config.batch_size, max_length=max_length)
         for m in (tuned, pruned)
     ]
+    delta = found[0].difference(found[1], metric, **_boot(ctx))
     times = [_seconds_per_batch(m, examples, ctx.config.batch_size, max_length) for m in (tuned, pruned)]
     return [
         {
@@ -318,8 +373,12 @@ def _speed(
             "seconds_per_batch_pruned": times[1],
             "speedup": times[0] / times[1],
             "metric": metric,
-            "value": scores[0][metric],
-            "value_pruned": scores[1][metric],
+            "value": found[0].score(metric),
+            "value_pruned": found[1].score(metric),
+            "delta": delta.value,
+            "delta_ci_low": delta.low,
+            "delta_ci_high": delta.high,
+            "n_boot": ctx.config.n_boot,
         }
     ]
 
@@ -330,7 +389,7 @@ def _transfer(
     """Prune-then-tune (by the pre-trained model's MLM importance) vs tune-then-prune (by task importance)."""
     from tunescope.finetune.model import fresh_classifier
     from tunescope.heads import least_important
-    from tunescope.inference import evaluate
+    from tunescope.inference import predictions
     from tunescope.models import load_classifier
     from tunescope.surgery import count_parameters, prune_heads
 
@@ -338,12 +397,6 @@ def _transfer(
     base, tuned_name = ctx.config.labels
     examples, metric = ctx.examples(), ctx.task.metric
     max_length = ctx.config.max_length or 128
-
-    def score(model: Encoder) -> float:
-        return evaluate(
-            model, examples, metric=metric, batch_size=ctx.config.batch_size, max_length=max_length
-        )[metric]
-
     full_result = ctx.train("tuned") if ctx.config.tuned is None else ctx.train("full")
     full = tuned if ctx.config.tuned is None else load_classifier(full_result.path, device=str(ctx.device))
     before = least_important(maps[base, "mlm"].scores, fraction)
@@ -353,39 +406,52 @@ def _transfer(
     pruned_first = load_classifier(trained.path, device=str(ctx.device))
     after = least_important(maps[tuned_name, "task"].scores, fraction)
     pruned_after = prune_heads(full, after)
-    n_pruned = sum(len(h) for h in before.values())
-    return [
-        {
-            "order": "full",
-            "fraction": 0.0,
-            "ranked_by": "",
-            "heads_pruned": 0,
-            "metric": metric,
-            "value": score(full),
-            "params": count_parameters(full),
-            "train_seconds": full_result.train_seconds,
-        },
-        {
-            "order": "prune_then_tune",
-            "fraction": fraction,
-            "ranked_by": f"{base}: {maps[base, 'mlm'].label}",
-            "heads_pruned": n_pruned,
-            "metric": metric,
-            "value": score(pruned_first),
-            "params": count_parameters(pruned_first),
-            "train_seconds": trained.train_seconds,
-        },
-        {
-            "order": "tune_then_prune",
-            "fraction": fraction,
-            "ranked_by": f"{tuned_name}: task",
-            "heads_pruned": sum(len(h) for h in after.values()),
-            "metric": metric,
-            "value": score(pruned_after),
-            "params": count_parameters(pruned_after),
-            "train_seconds": full_result.train_seconds,
-        },
+    arms = [
+        ("full", 0.0, "", 0, full, full_result.train_seconds),
+        (
+            "prune_then_tune",
+            fraction,
+            f"{base}: {maps[base, 'mlm'].label}",
+            sum(len(h) for h in before.values()),
+            pruned_first,
+            trained.train_seconds,
+        ),
+        (
+            "tune_then_prune",
+            fraction,
+            f"{tuned_name}: task",
+            sum(len(h) for h in after.values()),
+            pruned_after,
+            full_result.train_seconds,
+        ),
     ]
+    boot = _boot(ctx)
+    rows = []
+    reference = None
+    for order, share, ranked_by, n_pruned, model, seconds in arms:
+        found = predictions(model, examples, batch_size=ctx.config.batch_size, max_length=max_length)
+        if reference is None:
+            reference = found
+        value, delta = found.interval(metric, **boot), reference.difference(found, metric, **boot)
+        rows.append(
+            {
+                "order": order,
+                "fraction": share,
+                "ranked_by": ranked_by,
+                "heads_pruned": n_pruned,
+                "metric": metric,
+                "value": value.value,
+                "ci_low": value.low,
+                "ci_high": value.high,
+                "delta": delta.value,
+                "delta_ci_low": delta.low,
+                "delta_ci_high": delta.high,
+                "n_boot": ctx.config.n_boot,
+                "params": count_parameters(model),
+                "train_seconds": seconds,
+            }
+        )
+    return rows
 
 
 def run(ctx: RunContext) -> list[Table]:
@@ -399,18 +465,21 @@ def run(ctx: RunContext) -> list[Table]:
     mlm_head = _pretrained_mlm_head(ctx, examples)
     maps = _maps(ctx, examples, tuned, mlm_head)
     tables = [
+        Table("heads", COLUMNS, [row for (model, _), found in maps.items() for row in found.rows(model)]),
         Table(
-            "heads", COLUMNS, [row for (model, _), found in maps.items() for row in found.rows(model)]
+            "head_coherence",
+            PAIR_COLUMNS,
+            _coherence_rows(ctx, maps),
+            key=("map_a", "map_b", "statistic", "k"),
         ),
-        Table("head_coherence", PAIR_COLUMNS, _coherence_rows(ctx, maps)),
     ]
     if tuned is None:
         return tables
-    curves = _curves(ctx, tuned, examples, mlm_head)
-    summary = _summary(ctx, curves, tuned.num_layers * tuned.num_heads)
+    curves, kept = _curves(ctx, tuned, examples, mlm_head)
+    summary = _summary(ctx, curves, kept, tuned.num_layers * tuned.num_heads)
     tables += [
-        Table("pruning", CURVE_COLUMNS, curves),
-        Table("head_pruning_summary", SUMMARY_COLUMNS, summary),
+        Table("pruning", CURVE_COLUMNS, curves, key=("rank_by", "rank_seed", "heads_pruned", "metric")),
+        Table("head_pruning_summary", SUMMARY_COLUMNS, summary, key=("rank_by",)),
     ]
     if tuned.adapter.shared_layers():
         ctx.note(
@@ -425,7 +494,7 @@ def run(ctx: RunContext) -> list[Table]:
     elif not ctx.config.finetune:
         ctx.note("heads: the run may not fine-tune (--no-finetune), so prune-then-tune is skipped.")
     else:
-        tables.append(Table("head_transfer", TRANSFER_COLUMNS, _transfer(ctx, tuned, maps)))
+        tables.append(Table("head_transfer", TRANSFER_COLUMNS, _transfer(ctx, tuned, maps), key=("order",)))
     return tables
 
 
@@ -434,6 +503,7 @@ STAGE = Stage(
     title="Attention heads: importance, pruning, MLM vs task",
     run=run,
     options=HeadsOptions,
+    seeded=True,
     description=(
         "Gradient importance of every head (Michel et al. 2019) for the task, masked-LM and a label-free "
         "objective; pruning curves; whether the heads that matter for pre-training matter for the task, "

@@ -90,7 +90,7 @@ def run(ctx: RunContext) -> list[Table]:
             }
         )
     return [
-        Table("truncation", COLUMNS, rows),
+        Table("truncation", COLUMNS, rows, key=("layers_kept",)),
         Table("truncation_recommendation", RECOMMENDATION_COLUMNS, chosen),
     ]
 
@@ -100,6 +100,7 @@ STAGE = Stage(
     title="Dropping top layers without retraining",
     run=run,
     options=TruncationOptions,
+    seeded=True,
     description="The fine-tuned model cut after layer k, evaluated as is (Phang et al. 2021).",
     after=("similarity",),
 )

@@ -67,8 +67,10 @@ class VariabilityOptions:
     """Options of the ``variability`` stage (the ``selection`` stage tunes the layers it picks)."""
 
     budget: int = option(
-        2, help="m: how many layers the selection rule tunes (ending at the most specialised layer).",
-        metavar="M", aliases=("--budget",),
+        2,
+        help="m: how many layers the selection rule tunes (ending at the most specialised layer).",
+        metavar="M",
+        aliases=("--budget",),
     )
 
     def __post_init__(self) -> None:
