@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tunescope.errors import MeasureError
-from tunescope.similarity import cka_matrix, find_blocks
+from tunescope.similarity import block_margin, block_test, cka_matrix, find_blocks
 from tunescope.testing import reference as ref
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,3 +98,87 @@ def test_errors() -> None:
     with pytest.raises(MeasureError, match="between 1 and 2"):
         find_blocks(torch.eye(2), n_blocks=3)
     assert find_blocks(torch.ones(1, 1)).blocks == [(0, 0)]
+
+
+def banded(n_layers: int, width: float) -> torch.Tensor:
+    i = torch.arange(n_layers, dtype=torch.float64)
+    return torch.exp(-(i[:, None] - i[None, :]).abs() / width)
+
+
+@pytest.mark.parametrize("n_layers", [7, 13, 25])
+@pytest.mark.parametrize("fraction", [None, 1 / 6, 1 / 3, 1.0])
+def test_a_smooth_decay_is_not_block_structure(n_layers: int, fraction: float | None) -> None:
+    width = 2.0 if fraction is None else n_layers * fraction
+    result = find_blocks(banded(n_layers, width))
+    assert result.n_blocks > 1  # the segmentation alone finds blocks in it...
+    assert result.margin < -0.3 and not result.significant  # ...which a smooth decay explains better
+    g = torch.Generator().manual_seed(n_layers)
+    e = 0.03 * torch.randn(n_layers, n_layers, generator=g, dtype=torch.float64)
+    noisy = (banded(n_layers, width) + (e + e.T) / 2).fill_diagonal_(1.0)
+    assert not find_blocks(noisy).significant
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("sizes", [[3, 4], [5, 2], [2, 3, 2], [6, 7], [8, 8, 9]])
+def test_planted_blocks_are_significant(seed: int, sizes: list[int]) -> None:
+    result = find_blocks(planted_matrix(sizes, seed))
+    assert result.blocks == expected_blocks(sizes)
+    assert result.significant and result.margin > 0.3
+
+
+def test_margin_hand_worked() -> None:
+    # two blocks, within 0.9 and between 0.2 exactly: the block model is exact (RSS 0)
+    m = planted_matrix([2, 2], 0, within=0.9, between=0.2, noise=0.0)
+    # entries (distance): 0.9 (1), 0.2 (2), 0.2 (3), 0.2 (1), 0.2 (2), 0.9 (1); mean 13/30
+    # decay fit: distance 1 -> 2/3 (0.9, 0.2, 0.9), 2 and 3 -> 0.2; RSS_decay = 2 (0.7/3)^2 + (1.4/3)^2
+    tss = sum((v - 1.3 / 3) ** 2 for v in [0.9, 0.2, 0.2, 0.2, 0.2, 0.9])
+    expected = (2 * (0.7 / 3) ** 2 + (1.4 / 3) ** 2) / tss
+    assert find_blocks(m).margin == pytest.approx(expected, abs=1e-12)
+    assert block_margin(m, [(0, 3)]) < 0  # one block is a constant: never better than the decay
+    assert find_blocks(torch.ones(2, 2)).margin == 0.0 and not find_blocks(torch.ones(3, 3)).significant
+    with pytest.raises(MeasureError, match="cover"):
+        block_margin(m, [(0, 1), (3, 3)])
+
+
+def block_layers(seed: int, sizes: list[int], n: int = 300) -> list[torch.Tensor]:
+    """Layers built from distinct random bases, one per block (plus a little shared signal)."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randn(n, 8, generator=g, dtype=torch.float64)
+    layers = []
+    for size in sizes:
+        code = torch.randn(n, 8, generator=g, dtype=torch.float64)
+        for _ in range(size):
+            mix = torch.randn(8, 16, generator=g, dtype=torch.float64)
+            layers.append(
+                (code + 0.4 * common) @ mix + 0.3 * torch.randn(n, 16, generator=g, dtype=torch.float64)
+            )
+    return layers
+
+
+def drifting_layers(seed: int, n_layers: int = 7, n: int = 300, step: float = 0.6) -> list[torch.Tensor]:
+    """Each layer is the previous one plus a little noise: similarity decays smoothly, no blocks."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [torch.randn(n, 16, generator=g, dtype=torch.float64)]
+    for _ in range(n_layers - 1):
+        layers.append(layers[-1] + step * torch.randn(n, 16, generator=g, dtype=torch.float64))
+    return layers
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_block_test_on_representations(seed: int) -> None:
+    planted = block_test(block_layers(seed, [3, 4]), n_boot=200, seed=seed)
+    assert planted.blocks.blocks == [(0, 2), (3, 6)]
+    assert planted.p_value < 0.01 and planted.significant and planted.n_boot == 200
+    drift = block_test(drifting_layers(seed), n_boot=200, seed=seed)
+    assert not drift.significant and drift.p_value > 0.5
+    again = block_test(drifting_layers(seed), n_boot=200, seed=seed)
+    assert again.p_value == drift.p_value and torch.equal(again.margins, drift.margins)
+
+
+def test_block_test_exact_and_linear_bootstrap_agree() -> None:
+    layers = block_layers(0, [2, 3], n=120)
+    exact = block_test(layers, n_boot=50, exact=True)
+    linear = block_test(layers, n_boot=50)
+    assert exact.blocks == linear.blocks
+    assert exact.p_value == linear.p_value == 0.0
+    torch.testing.assert_close(exact.margins, linear.margins, atol=0.05, rtol=0.0)

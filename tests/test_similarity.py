@@ -16,6 +16,7 @@ from tunescope.similarity import (
     MinibatchCKA,
     StreamingCKA,
     bootstrap_ci,
+    bootstrap_linear_cka,
     cka_matrix,
     hsic,
     linear_cka,
@@ -242,6 +243,28 @@ def test_bootstrap_ci_is_deterministic_and_brackets() -> None:
     close(torch.tensor([ci.low, ci.high], dtype=torch.float64), q, F64)
     deb = bootstrap_ci(partial(linear_cka, debiased=True), x, y, n_boot=10, level=0.5)
     assert deb.level == 0.5
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bootstrap_linear_cka_from_grams_equals_resampling_the_features(seed: int) -> None:
+    x, y, z = layers(20 + seed, n=40)
+    estimate, samples = bootstrap_linear_cka([x, y, z], [(0, 1), (2, 1), (1, 1)], n_boot=30, seed=seed)
+    for k, (a, b) in enumerate([(x, y), (z, y)]):
+        ci = bootstrap_ci(linear_cka, a, b, n_boot=30, seed=seed)  # recomputes CKA on resampled rows
+        close(samples[:, k], ci.samples.numpy(), F64)
+        close(estimate[k], ref.linear_cka(a, b), F64)
+    close(samples[:, 2], np.ones(30), F64)
+    # the linear bootstrap: same estimate; resamples differ by the O(1/n) terms it leaves out
+    x, y, z = layers(30 + seed, n=400)
+    estimate, samples = bootstrap_linear_cka([x, y], [(0, 1)], n_boot=200, seed=seed)
+    linear_estimate, linear = bootstrap_linear_cka([x, y], [(0, 1)], n_boot=200, seed=seed, exact=False)
+    close(linear_estimate[0], float(estimate[0]), F64)
+    assert float((linear - samples).abs().max()) < 0.02
+    assert 0.8 < float(linear.std() / samples.std()) < 1.25
+    again = bootstrap_linear_cka([x, y], [(0, 1)], n_boot=200, seed=seed, exact=False)[1]
+    assert torch.equal(again, linear)
+    with pytest.raises(MeasureError, match="outside"):
+        bootstrap_linear_cka([x, y], [(0, 2)], n_boot=5)
 
 
 # ---------------------------------------------------------------- bad input: one clear MeasureError

@@ -8,8 +8,20 @@ inputs' device; `cka_matrix` computes every layer pair at once; the accumulators
 
 from __future__ import annotations
 
-from tunescope.similarity.blocks import Blocks, find_blocks
-from tunescope.similarity.bootstrap import BootstrapCI, bootstrap_ci
+from tunescope.similarity.blocks import (
+    MARGIN_THRESHOLD,
+    Blocks,
+    BlockTest,
+    block_margin,
+    block_test,
+    find_blocks,
+)
+from tunescope.similarity.bootstrap import (
+    BootstrapCI,
+    bootstrap_ci,
+    bootstrap_linear_cka,
+    percentile_interval,
+)
 from tunescope.similarity.cca import pwcca, svcca
 from tunescope.similarity.cka import linear_cka, rbf_cka
 from tunescope.similarity.kernels import center_gram, hsic, linear_gram, rbf_gram, u_center_gram
@@ -37,7 +49,13 @@ __all__ = [
     "Measure",
     "find_blocks",
     "Blocks",
+    "block_margin",
+    "block_test",
+    "BlockTest",
+    "MARGIN_THRESHOLD",
     "bootstrap_ci",
+    "bootstrap_linear_cka",
+    "percentile_interval",
     "BootstrapCI",
     "hsic",
     "linear_gram",

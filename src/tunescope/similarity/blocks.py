@@ -13,18 +13,49 @@ the ``- gamma m`` per pair already charges for large blocks).
 
 The reported ``score`` is the contrast the issue asks for: mean within-block similarity minus mean
 between-block similarity (off-diagonal pairs; 0 when either set of pairs is empty).
+
+**Blocks against a null.** The segmentation always finds blocks, even in a matrix that has none: a
+smooth banded matrix ``exp(-|i - j| / w)`` is cut in two with a contrast of 0.2-0.4. So every result is
+also tested against the simplest structure without blocks, a similarity that only decays with layer
+distance. Both models are fitted by least squares to the off-diagonal entries ``i < j``:
+
+* the **decay model**: the best non-increasing function of ``|i - j|`` (isotonic regression of the
+  entries on the distance, pool-adjacent-violators; Barlow et al. 1972), a monotone Toeplitz matrix;
+* the **block model**: one constant per pair of blocks (the mean of the entries within each block and
+  between each pair of blocks), with the blocks `find_blocks` found.
+
+``margin = (RSS_decay - RSS_block) / TSS``, with ``TSS`` the entries' sum of squares about their mean:
+the share of the off-diagonal variance the blocks explain beyond what a smooth decay explains (``R^2``
+of the block model minus ``R^2`` of the decay model; in [-1, 1], 0 for a matrix with at most one
+off-diagonal value or no variance). The result is ``significant`` when ``margin > MARGIN_THRESHOLD``
+(0.1). Calibration (tests/test_blocks.py): banded matrices ``exp(-|i - j| / w)`` with L = 7, 13, 25,
+``w`` from 2 to L, exact or with noise 0.03, give margins from -0.58 to -0.39; planted matrices of 2 to
+4 blocks (within 0.85, between 0.35, noise 0.05, seeds 0-2, L = 7 to 25) give 0.42 to 0.68. The
+threshold sits between the two with room on both sides and asks the blocks for at least ten points of
+explained variance more than the decay. On the demo (MiniLM, 1000 examples) the base model's top layer
+stands apart (margin 0.14) while the fine-tuned model's matrix is a smooth decay (margin -0.25).
+
+`block_test` adds a bootstrap over examples: the matrix is recomputed on each resample (linear CKA from
+Gram matrices computed once, `tunescope.similarity.bootstrap_linear_cka`), blocks are found again and
+the margin recomputed; ``p_value`` is the fraction of resamples whose margin is at most the threshold
+(a percentile-bootstrap test of ``margin <= MARGIN_THRESHOLD``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from tunescope.errors import MeasureError
 
-__all__ = ["Blocks", "find_blocks"]
+__all__ = ["MARGIN_THRESHOLD", "BlockTest", "Blocks", "block_margin", "block_test", "find_blocks"]
+
+#: a block structure is significant when its margin over the decay model is above this (module docstring)
+MARGIN_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
@@ -35,11 +66,16 @@ class Blocks:
         blocks: ``(start, stop)`` layer positions, both inclusive, covering ``0..L-1`` in order.
         score: mean within-block minus mean between-block similarity (off-diagonal pairs).
         objective: the maximised ``Q`` (see the module docstring).
+        margin: share of the off-diagonal variance the blocks explain beyond a smooth decay with layer
+            distance (module docstring).
+        significant: ``margin > MARGIN_THRESHOLD``.
     """
 
     blocks: list[tuple[int, int]]
     score: float
     objective: float
+    margin: float = 0.0
+    significant: bool = False
 
     @property
     def n_blocks(self) -> int:
@@ -47,7 +83,7 @@ class Blocks:
 
     def labels(self) -> list[int]:
         """Block index of every layer position."""
-        return [b for b, (start, stop) in enumerate(self.blocks) for _ in range(start, stop + 1)]
+        return _labels(self.blocks)
 
 
 def _check_matrix(matrix: Tensor) -> Tensor:
@@ -106,31 +142,42 @@ def find_blocks(matrix: Tensor, *, n_blocks: int | None = None, resolution: floa
     n = m.shape[0]
     if n_blocks is not None and not 1 <= n_blocks <= n:
         raise MeasureError(f"n_blocks must be between 1 and {n}; got {n_blocks}")
-    off = ~torch.eye(n, dtype=torch.bool)
+    values = m.numpy()
+    blocks, objective = _segment(values, n_blocks, resolution)
+    labels = _labels(blocks)
+    margin = _margin(values, np.asarray(labels))
+    return Blocks(blocks, contrast(m, labels), objective, margin, margin > MARGIN_THRESHOLD)
+
+
+def _labels(blocks: list[tuple[int, int]]) -> list[int]:
+    return [b for b, (start, stop) in enumerate(blocks) for _ in range(start, stop + 1)]
+
+
+def _segment(m: np.ndarray, n_blocks: int | None, resolution: float) -> tuple[list[tuple[int, int]], float]:
+    """The exact optimum of ``Q`` by dynamic programming (module docstring); float64 numpy in and out."""
+    n = m.shape[0]
+    off = ~np.eye(n, dtype=bool)
     mean = float(m[off].mean()) if n > 1 else 0.0
-    gain = (m - resolution * mean).masked_fill(~off, 0.0)
-    prefix = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+    gain = np.where(off, m - resolution * mean, 0.0)
+    prefix = np.zeros((n + 1, n + 1))
     prefix[1:, 1:] = gain.cumsum(0).cumsum(1)
-
-    def weight(i: int, j: int) -> float:  # sum over pairs p < q inside block i..j
-        s = prefix[j + 1, j + 1] - prefix[i, j + 1] - prefix[j + 1, i] + prefix[i, i]
-        return float(s) / 2
-
-    w = [[weight(i, j) if i <= j else 0.0 for j in range(n)] for i in range(n)]
+    diag = np.diag(prefix)
+    # w[i][j]: sum over pairs p < q inside block i..j
+    w = ((diag[None, 1:] - prefix[:-1, 1:] - prefix[1:, :-1].T + diag[:-1, None]) / 2).tolist()
     max_k = n if n_blocks is None else n_blocks
     neg = float("-inf")
     # best[k][j]: best objective of layers 0..j in exactly k blocks
     # start[k][j]: first layer of the last of those k blocks
     best = [[neg] * n for _ in range(max_k + 1)]
     start = [[0] * n for _ in range(max_k + 1)]
-    for j in range(n):
-        best[1][j] = w[0][j]
+    best[1] = list(w[0])
     for k in range(2, max_k + 1):
+        prev, row, first = best[k - 1], best[k], start[k]
         for j in range(k - 1, n):
             for i in range(k - 1, j + 1):
-                value = best[k - 1][i - 1] + w[i][j]
-                if value > best[k][j] + 1e-12:
-                    best[k][j], start[k][j] = value, i
+                value = prev[i - 1] + w[i][j]
+                if value > row[j] + 1e-12:
+                    row[j], first[j] = value, i
     if n_blocks is None:
         k = max(range(1, max_k + 1), key=lambda kk: (round(best[kk][n - 1], 12), -kk))
     else:
@@ -142,5 +189,153 @@ def find_blocks(matrix: Tensor, *, n_blocks: int | None = None, resolution: floa
         blocks.append((i, j))
         j = i - 1
     blocks.reverse()
-    result = Blocks(blocks, 0.0, best[k][n - 1])
-    return Blocks(blocks, contrast(m, result.labels()), best[k][n - 1])
+    return blocks, best[k][n - 1]
+
+
+def _decreasing_fit(means: list[float], weights: list[float]) -> list[float]:
+    """Weighted least-squares non-increasing fit of ``means`` (pool adjacent violators)."""
+    pools: list[list[float]] = []  # [weighted sum, weight, count]
+    for y, wt in zip(means, weights, strict=True):
+        pools.append([y * wt, wt, 1.0])
+        while len(pools) > 1 and pools[-2][0] / pools[-2][1] < pools[-1][0] / pools[-1][1]:
+            total, wt2, count = pools.pop()
+            pools[-1][0] += total
+            pools[-1][1] += wt2
+            pools[-1][2] += count
+    return [total / wt for total, wt, count in pools for _ in range(int(count))]
+
+
+def _margin(m: np.ndarray, labels: np.ndarray) -> float:
+    """``(RSS_decay - RSS_block) / TSS`` over the entries above the diagonal (module docstring)."""
+    n = m.shape[0]
+    rows, cols = np.triu_indices(n, 1)
+    x = m[rows, cols]
+    tss = float(((x - x.mean()) ** 2).sum()) if x.size else 0.0
+    if x.size < 2 or tss <= 1e-12 * max(1.0, float((x**2).sum())):
+        return 0.0
+    distance = cols - rows
+    counts = np.bincount(distance, minlength=n)[1:]
+    sums = np.bincount(distance, weights=x, minlength=n)[1:]
+    fit = np.asarray(_decreasing_fit((sums / counts).tolist(), counts.tolist()))
+    rss_decay = float(((x - fit[distance - 1]) ** 2).sum())
+    cell = labels[rows] * n + labels[cols]
+    cell_sums = np.bincount(cell, weights=x, minlength=n * n)
+    cell_counts = np.bincount(cell, minlength=n * n)
+    cell_means = cell_sums / np.maximum(cell_counts, 1)
+    rss_block = float(((x - cell_means[cell]) ** 2).sum())
+    return (rss_decay - rss_block) / tss
+
+
+def block_margin(matrix: Tensor, blocks: list[tuple[int, int]] | None = None) -> float:
+    """The ``margin`` of a block model over the decay model (module docstring) for given blocks.
+
+    Args:
+        matrix: (n_layers, n_layers) symmetric similarity.
+        blocks: inclusive ``(start, stop)`` positions covering the layers in order, or None for those
+            `find_blocks` finds.
+
+    Example:
+        >>> i = torch.arange(7.0)
+        >>> banded = torch.exp(-(i[:, None] - i[None, :]).abs() / 2)  # decays, no blocks
+        >>> block_margin(banded) < 0
+        True
+    """
+    if blocks is None:
+        return find_blocks(matrix).margin
+    m = _check_matrix(matrix)
+    if [i for a, b in blocks for i in range(a, b + 1)] != list(range(m.shape[0])):
+        raise MeasureError(f"blocks must cover 0..{m.shape[0] - 1} in order; got {blocks}")
+    return _margin(m.numpy(), np.asarray(_labels(blocks)))
+
+
+@dataclass(frozen=True)
+class BlockTest:
+    """Result of `block_test`: the blocks of the full data and the bootstrap test of their margin.
+
+    Attributes:
+        blocks: `find_blocks` on the matrix of all examples (with its ``margin``).
+        p_value: fraction of resamples whose margin is at most `MARGIN_THRESHOLD`.
+        level: the test's confidence level; ``significant`` needs ``p_value <= 1 - level``.
+        margins: (n_boot,) float64 margins of the resamples.
+    """
+
+    blocks: Blocks
+    p_value: float
+    level: float
+    margins: Tensor
+
+    @property
+    def n_boot(self) -> int:
+        return int(self.margins.numel())
+
+    @property
+    def significant(self) -> bool:
+        """Block structure beyond a smooth decay: margin above the threshold, and p <= 1 - level."""
+        return self.blocks.significant and self.p_value <= 1 - self.level
+
+    @classmethod
+    def from_samples(cls, matrix: Tensor, samples: Tensor, *, level: float = 0.95) -> BlockTest:
+        """The test from a matrix and its (n_boot, n_layers, n_layers) bootstrap resamples."""
+        if not 0 < level < 1:
+            raise MeasureError(f"level must be in (0, 1); got {level}")
+        found = find_blocks(matrix)
+        values = samples.detach().to(torch.float64).cpu().numpy()
+        if values.ndim != 3 or values.shape[1:] != tuple(matrix.shape) or values.shape[0] < 1:
+            raise MeasureError(
+                f"samples must be (n_boot, {matrix.shape[0]}, {matrix.shape[0]}); got {values.shape}"
+            )
+        margins = []
+        for sample in values:
+            sample = (sample + sample.T) / 2
+            blocks, _ = _segment(sample, None, 1.0)
+            margins.append(_margin(sample, np.asarray(_labels(blocks))))
+        margin_t = torch.tensor(margins, dtype=torch.float64)
+        p_value = float((margin_t <= MARGIN_THRESHOLD).double().mean())
+        return cls(found, p_value, level, margin_t)
+
+
+def block_test(
+    layers: Sequence[Tensor], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95, exact: bool = False
+) -> BlockTest:
+    """Blocks of the linear-CKA matrix of ``layers`` and a bootstrap p-value for them (module docstring).
+
+    Examples are resampled with replacement; the matrix of each resample comes from Gram matrices
+    computed once (`tunescope.similarity.bootstrap_linear_cka`; ``exact=False``: the linear bootstrap,
+    about ``n_boot`` times cheaper), so no model is run again. Blocks are found again on each resample.
+
+    Args:
+        layers: per-layer (n_examples, d_l) tensors of one model.
+        n_boot: number of resamples, >= 2.
+        seed: seed of the resampling.
+        level: confidence level; significant needs ``p_value <= 1 - level``.
+        exact: every term of each resample's CKA instead of the linear bootstrap.
+
+    Returns:
+        `BlockTest`.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> a, b = torch.randn(100, 8, generator=g), torch.randn(100, 8, generator=g)
+        >>> layers = [a + 0.3 * torch.randn(100, 8, generator=g) for _ in range(3)]
+        >>> layers += [b + 0.3 * torch.randn(100, 8, generator=g) for _ in range(3)]
+        >>> test = block_test(layers, n_boot=100)
+        >>> test.blocks.blocks, test.significant
+        ([(0, 2), (3, 5)], True)
+    """
+    from tunescope.similarity.bootstrap import bootstrap_linear_cka
+
+    n_layers = len(layers)
+    pairs = [(i, j) for i in range(n_layers) for j in range(i + 1, n_layers)]
+    estimate, samples = bootstrap_linear_cka(layers, pairs, n_boot=n_boot, seed=seed, exact=exact)
+    return BlockTest.from_samples(
+        pair_matrix(estimate, n_layers), pair_matrix(samples, n_layers), level=level
+    )
+
+
+def pair_matrix(values: Tensor, n_layers: int) -> Tensor:
+    """(..., n_pairs) values of the pairs ``i < j`` (row-major) -> (..., n_layers, n_layers), diagonal 1."""
+    rows, cols = torch.triu_indices(n_layers, n_layers, 1)
+    out = torch.ones(*values.shape[:-1], n_layers, n_layers, dtype=torch.float64)
+    out[..., rows, cols] = values.to(torch.float64)
+    out[..., cols, rows] = values.to(torch.float64)
+    return out

@@ -10,6 +10,7 @@ import numpy as np
 from tunescope.locations import format_layers
 from tunescope.report._section import Section
 from tunescope.report.figures import plot_layer_curves, plot_similarity_matrix
+from tunescope.similarity.blocks import MARGIN_THRESHOLD
 
 _MEASURE_LABELS = {"linear_cka": "linear CKA", "rbf_cka": "RBF CKA", "rsa": "RSA"}
 
@@ -46,13 +47,56 @@ def _same_layer(
     return shared, [float(matrix[layers_a.index(x), layers_b.index(x)]) for x in shared]
 
 
+def _test_words(row: dict[str, str]) -> str:
+    """``margin 0.14, bootstrap p = 0.01`` (the p-value only when the table has one)."""
+    words = f"margin {float(row['margin']):.2f}"
+    if row.get("p_value"):
+        words += f", bootstrap p = {float(row['p_value']):.3f} over {row['n_boot']} resamples"
+    return words
+
+
+def _block_sentence(model: str, label: str, found: list[tuple[int, int]], row: dict[str, str]) -> str:
+    if row["significant"] == "True":
+        spans = "; ".join(format_layers(range(a, b + 1)) for a, b in found)
+        return (
+            f"{model}: by {label}, the layers fall into {len(found)} blocks ({spans}), which explain more of "
+            f"the similarity than a smooth decay with layer distance ({_test_words(row)})."
+        )
+    return (
+        f"{model}: by {label}, no block structure beyond a smooth decay with layer distance "
+        f"({_test_words(row)}; the threshold is a margin of {MARGIN_THRESHOLD})."
+    )
+
+
+def _paper_sentence(block_rows: dict[tuple[str, str], dict[str, str]], tuned: str | None) -> str:
+    """Whether this run agrees with Phang et al. (2021), from the tuned model's block test."""
+    row = block_rows.get((tuned, "linear_cka")) if tuned else None
+    claim = "Phang et al. (2021) find block structure in the layers of fine-tuned models"
+    if row is None or not row.get("p_value"):
+        return (
+            f"{claim}; this run cannot tell (no bootstrap test of the fine-tuned model's linear CKA blocks)."
+        )
+    if row["significant"] == "True":
+        return f"{claim}; this run agrees: {tuned}'s blocks beat a smooth decay ({_test_words(row)})."
+    return (
+        f"{claim}; this run disagrees: {tuned}'s similarity is explained by a smooth decay "
+        f"({_test_words(row)})."
+    )
+
+
 def build(sec: Section) -> dict[str, Any] | None:
     cka, rsa = sec.table("cka"), sec.table("rsa")
     if not cka and not rsa:
         return None
     blocks: dict[tuple[str, str], list[tuple[int, int]]] = defaultdict(list)
+    block_rows: dict[tuple[str, str], dict[str, str]] = {}
     for row in sec.table("blocks"):
         blocks[(row["model"], row["measure"])].append((int(row["first_layer"]), int(row["last_layer"])))
+        block_rows[(row["model"], row["measure"])] = row
+    change = {
+        (r["model_a"], r["model_b"], r["measure"], int(r["layer"])): r for r in sec.table("layer_change")
+    }
+    tuned = next((r["model_b"] for r in cka if r["model_a"] != r["model_b"]), None)
     figures, sentences = [], []
     per_layer: dict[str, tuple[list[int], list[float]]] = {}
     labelled = [
@@ -67,6 +111,8 @@ def build(sec: Section) -> dict[str, Any] | None:
     for (model_a, model_b, measure), label, (layers_a, layers_b, matrix) in labelled:
         same = model_a == model_b
         found = blocks.get((model_a, measure), []) if same else []
+        test_row = block_rows.get((model_a, measure)) if same else None
+        drawn = found if test_row is not None and test_row.get("significant") == "True" else []
         fig = plot_similarity_matrix(
             matrix,
             layers_a=layers_a,
@@ -74,15 +120,14 @@ def build(sec: Section) -> dict[str, Any] | None:
             label_a=model_a,
             label_b=model_b,
             measure=label,
-            blocks=found,
+            blocks=drawn,
         )
         figures.append(sec.figure(f"{measure}_{model_a}_vs_{model_b}".replace(":", "_"), fig))
-        if same and found:
-            spans = "; ".join(format_layers(range(a, b + 1)) for a, b in found)
+        if same and found and test_row is not None:
             adjacent = np.diag(matrix, 1)
             sentences.append(
-                f"{model_a}: by {label}, the layers fall into {len(found)} block(s) ({spans}); "
-                f"adjacent layers score between {np.nanmin(adjacent):.2f} and {np.nanmax(adjacent):.2f}."
+                f"{_block_sentence(model_a, label, found, test_row)} Adjacent layers score between "
+                f"{np.nanmin(adjacent):.2f} and {np.nanmax(adjacent):.2f}."
             )
         elif not same:
             shared, values = _same_layer(layers_a, layers_b, matrix)
@@ -90,8 +135,9 @@ def build(sec: Section) -> dict[str, Any] | None:
             low, high = int(np.argmin(values)), int(np.argmax(values))
             sentences.append(
                 f"{model_a} vs {model_b}: the same layer's {label} is lowest at layer {shared[low]} "
-                f"({values[low]:.2f}; the layer that changed most) and highest at layer {shared[high]} "
-                f"({values[high]:.2f})."
+                f"({values[low]:.2f}{_interval(change, model_a, model_b, measure, shared[low])}; the layer "
+                f"that changed most) and highest at layer {shared[high]} "
+                f"({values[high]:.2f}{_interval(change, model_a, model_b, measure, shared[high])})."
             )
     if per_layer:
         pair = next(k for k in labelled if k[0][0] != k[0][1])[0]
@@ -101,4 +147,17 @@ def build(sec: Section) -> dict[str, Any] | None:
             title="How much each layer changed (1 = unchanged)",
         )
         figures.insert(0, sec.figure("same_layer_similarity", fig))
+    if block_rows:
+        sentences.append(_paper_sentence(block_rows, tuned))
     return {"figures": figures, "sentences": sentences}
+
+
+def _interval(change: dict[tuple[Any, ...], dict[str, str]], a: str, b: str, measure: str, layer: int) -> str:
+    """``, 95% interval 0.61-0.66 over 1000 resamples`` when layer_change.csv has the layer, else ``""``."""
+    row = change.get((a, b, measure, layer))
+    if row is None:
+        return ""
+    return (
+        f", bootstrap interval {float(row['ci_low']):.3f} to {float(row['ci_high']):.3f} over "
+        f"{row['n_boot']} resamples of the examples"
+    )
