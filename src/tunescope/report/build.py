@@ -58,6 +58,7 @@ def build_report(run_dir: str | Path) -> Path:
             "title": stage.title,
             "description": stage.description,
             "seconds": status.get("seconds"),
+            "seeds": _seed_spreads(sec, status),
             **content,
         }
         if "empty" not in content and template is not None:
@@ -75,6 +76,20 @@ def build_report(run_dir: str | Path) -> Path:
     path = root / "report.html"
     write_text(path, html)
     return path
+
+
+def _seed_spreads(sec: Section, status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stage's ``<table>_seeds`` tables (spread across fine-tuning seeds), as the stage wrote them."""
+    spreads = []
+    for output in status.get("outputs", []):
+        name = Path(str(output.get("path", ""))).stem if isinstance(output, dict) else ""
+        if not name.endswith("_seeds"):
+            continue
+        rows = sec.table(name)
+        if rows:
+            key = list(rows[0])[: list(rows[0]).index("column")]
+            spreads.append({"table": name[: -len("_seeds")], "key": key, "rows": rows})
+    return spreads
 
 
 def _section_of(stage: Stage) -> tuple[Any, str | None]:
