@@ -18,7 +18,16 @@ def extract(
         "reps.safetensors"
     ),
     task: opt.Task = None,
-    pooling: Annotated[str, typer.Option("--pooling", help="mean, cls or tokens.")] = "mean",
+    pooling: Annotated[
+        str,
+        typer.Option(
+            "--pooling",
+            help=(
+                "mean (average of the non-padding tokens, [CLS]/[SEP] included), mean_no_special (the same "
+                "without the special tokens), cls (first token) or tokens (one vector per word)."
+            ),
+        ),
+    ] = "mean",
     word_pooling: Annotated[
         str, typer.Option("--word-pooling", help="first or mean sub-token (tokens).")
     ] = "first",
@@ -44,6 +53,8 @@ def extract(
 
         tunescope extract --task movie-sentiment --pooling mean --out reps.safetensors
 
+        tunescope extract --task movie-sentiment --pooling mean_no_special --out reps.safetensors
+
         tunescope extract path/to/model --data my.csv --text sentence --label label --out reps.safetensors
     """
     import torch
@@ -66,7 +77,13 @@ def extract(
     wanted = list(chosen) if chosen is not None else None
     torch.manual_seed(seed)
     examples = opt.load_examples(
-        task, data, text=text, text_pair=text_pair, label=label, split=split, data_dir=data_dir,
+        task,
+        data,
+        text=text,
+        text_pair=text_pair,
+        label=label,
+        split=split,
+        data_dir=data_dir,
         limit=limit or None,
     )
     encoder = load_encoder(model, device=str(resolve_device(device)))
