@@ -82,7 +82,9 @@ def test_mean_no_special_averages_the_ordinary_tokens_by_hand(family, pairs):
 def test_pooling_is_part_of_the_cache_key(tmp_path):
     encoder = tiny_model("bert")
     keys = {
-        pooling: extract(encoder, TEXTS, pooling=pooling, cache_dir=tmp_path, progress=False).meta["cache_key"]
+        pooling: extract(encoder, TEXTS, pooling=pooling, cache_dir=tmp_path, progress=False).meta[
+            "cache_key"
+        ]
         for pooling in ("cls", "mean", "mean_no_special")
     }
     assert len(set(keys.values())) == 3
