@@ -227,7 +227,11 @@ def test_cache_key_changes_with_weights(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "words"),
     [
-        ({"pooling": "max"}, UnknownNameError, "unknown pooling 'max'; choose one of: cls, mean, mean_no_special, tokens"),
+        (
+            {"pooling": "max"},
+            UnknownNameError,
+            "unknown pooling 'max'; choose one of: cls, mean, mean_no_special, tokens",
+        ),
         ({"labels": [0, 1]}, InputError, "2 labels for 7 texts"),
         ({"text_pairs": ["x"]}, InputError, "1 text pairs for 7 texts"),
         ({"layers": [0, 9]}, InputError, "out of range"),
