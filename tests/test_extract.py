@@ -61,6 +61,39 @@ def test_pairs_match_direct_forward(family):
         torch.testing.assert_close(reps[layer].double(), hidden[layer][:, 0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize(("family", "pairs"), [("bert", None), ("bert", PAIRS), ("roberta", PAIRS)])
+def test_mean_no_special_averages_the_ordinary_tokens_by_hand(family, pairs):
+    encoder = tiny_model(family)
+    hidden, _ = _direct_hidden(encoder, TEXTS, pairs)
+    special_ids = set(encoder.tokenizer.all_special_ids)
+    ids = encoder.tokenizer(TEXTS, pairs, truncation=True)["input_ids"]
+    reps = extract(encoder, TEXTS, text_pairs=pairs, pooling="mean_no_special", batch_size=3, progress=False)
+    for layer in reps.layers:
+        for i, row_ids in enumerate(ids):
+            # every position of this text whose id is not a special token ([CLS], [SEP], <s>, </s>, padding)
+            keep = [pos for pos, token in enumerate(row_ids) if token not in special_ids]
+            assert 0 < len(keep) < len(row_ids)
+            expected = hidden[layer][i, keep].mean(0)
+            torch.testing.assert_close(reps[layer][i].double(), expected, atol=1e-5, rtol=1e-4)
+    mean = extract(encoder, TEXTS, text_pairs=pairs, pooling="mean", batch_size=3, progress=False)
+    assert not torch.allclose(mean[1], reps[1])  # the special tokens are averaged in by "mean" only
+
+
+def test_pooling_is_part_of_the_cache_key(tmp_path):
+    encoder = tiny_model("bert")
+    keys = {
+        pooling: extract(encoder, TEXTS, pooling=pooling, cache_dir=tmp_path, progress=False).meta[
+            "cache_key"
+        ]
+        for pooling in ("cls", "mean", "mean_no_special")
+    }
+    assert len(set(keys.values())) == 3
+    again = extract(encoder, TEXTS, pooling="mean_no_special", cache_dir=tmp_path, progress=False)
+    fresh = extract(encoder, TEXTS, pooling="mean_no_special", progress=False)
+    assert again.meta["cache_key"] == keys["mean_no_special"] and again.pooling == "mean_no_special"
+    torch.testing.assert_close(again[2], fresh[2])
+
+
 def test_bucketing_restores_input_order():
     encoder = tiny_model("bert")
     one_batch = extract(encoder, TEXTS, pooling="mean", batch_size=len(TEXTS), progress=False)
@@ -194,7 +227,11 @@ def test_cache_key_changes_with_weights(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "words"),
     [
-        ({"pooling": "max"}, UnknownNameError, "unknown pooling 'max'; choose one of: cls, mean, tokens"),
+        (
+            {"pooling": "max"},
+            UnknownNameError,
+            "unknown pooling 'max'; choose one of: cls, mean, mean_no_special, tokens",
+        ),
         ({"labels": [0, 1]}, InputError, "2 labels for 7 texts"),
         ({"text_pairs": ["x"]}, InputError, "1 text pairs for 7 texts"),
         ({"layers": [0, 9]}, InputError, "out of range"),

@@ -35,18 +35,24 @@ if TYPE_CHECKING:
     from tunescope.data import Examples
     from tunescope.models import Encoder
 
-__all__ = ["Pooling", "WordPooling", "POOLINGS", "Representations", "extract"]
+__all__ = ["Pooling", "WordPooling", "POOLINGS", "SENTENCE_POOLINGS", "Representations", "extract"]
 
 logger = logging.getLogger(__name__)
 
-Pooling = Literal["cls", "mean", "tokens"]
+Pooling = Literal["cls", "mean", "mean_no_special", "tokens"]
 WordPooling = Literal["first", "mean"]
 POOLINGS: dict[str, str] = {
     "cls": "the first token's vector (BERT's [CLS], RoBERTa's <s>)",
-    "mean": "the mean over the non-padding tokens of each text",
+    "mean": "the mean over the non-padding tokens of each text, special tokens ([CLS], [SEP]) included",
+    "mean_no_special": (
+        "the mean over the non-padding tokens of each text other than the tokenizer's special tokens "
+        "([CLS], [SEP], <s>, </s>), as Xie et al. (2022) pool; a text with no other token gets zeros"
+    ),
     "tokens": "one vector per word: its first sub-token (word_pooling='first') or the mean of its sub-tokens",
 }
 _WORD_POOLINGS = get_args(WordPooling)
+#: the poolings that give one row per example (``tokens`` gives one row per word)
+SENTENCE_POOLINGS: tuple[str, ...] = tuple(name for name in POOLINGS if name != "tokens")
 _CACHE_VERSION = "1"
 
 
@@ -54,8 +60,9 @@ _CACHE_VERSION = "1"
 class Representations(Mapping[int, torch.Tensor]):
     """Per-layer representations of one set of inputs: a mapping ``layer -> (n_rows, d_model)`` tensor.
 
-    For the sentence poolings (``cls``, ``mean``) a row is an example; for ``tokens`` a row is a word, and
-    ``example_index[r]`` / ``word_index[r]`` say which example and which word of it row ``r`` is.
+    For the sentence poolings (``cls``, ``mean``, ``mean_no_special``) a row is an example; for ``tokens`` a
+    row is a word, and ``example_index[r]`` / ``word_index[r]`` say which example and which word of it row
+    ``r`` is.
 
     Attributes:
         tensors: layer index -> float tensor of shape (n_rows, d_model), on the CPU.
@@ -157,6 +164,7 @@ class _Tokenized:
     token_type_ids: torch.Tensor | None
     word_of_token: list[int] | None  # tokens pooling: word number of each token, -1 for special tokens
     n_words: int
+    special: torch.Tensor | None = None  # (n_tokens,) bool: the tokenizer's special tokens ([CLS], [SEP])
 
 
 def extract(
@@ -184,7 +192,9 @@ def extract(
     Args:
         encoder: what :func:`tunescope.load_encoder` (or ``load_classifier``) returns.
         texts: the texts, or an :class:`~tunescope.data.Examples` (its pairs and labels are used too).
-        pooling: ``cls``, ``mean`` (over non-padding tokens) or ``tokens`` (one row per word).
+        pooling: a key of :data:`POOLINGS`: ``cls`` (the first token), ``mean`` (over the non-padding
+            tokens, special ones included), ``mean_no_special`` (over the non-padding tokens other than
+            the tokenizer's special tokens, as Xie et al. 2022 pool) or ``tokens`` (one row per word).
         layers: which of ``0..L`` to keep (default all).
         text_pairs: second segments for sentence-pair inputs (same length as ``texts``).
         labels: one label per example; carried into :attr:`Representations.labels`.
@@ -202,7 +212,7 @@ def extract(
         progress: show a progress bar on stderr.
 
     Returns:
-        Representations with, for each layer, a (n_examples, d_model) tensor (``cls``/``mean``) or a
+        Representations with, for each layer, a (n_examples, d_model) tensor (sentence poolings) or a
         (n_words, d_model) tensor (``tokens``), rows in the input order.
 
     Example:
@@ -399,6 +409,7 @@ def _tokenize(
         max_length=max_length,
         padding=False,
         return_attention_mask=False,
+        return_special_tokens_mask=True,
     )
     embeddings = cast(torch.nn.Embedding, encoder.model.get_input_embeddings())
     vocab = int(embeddings.weight.shape[0])
@@ -409,6 +420,7 @@ def _tokenize(
             "load the tokenizer that was saved with this model"
         )
     type_ids = enc.get("token_type_ids")
+    special = enc.get("special_tokens_mask")
     items = []
     for i, ids in enumerate(enc["input_ids"]):
         word_of_token = None
@@ -421,6 +433,7 @@ def _tokenize(
                 None if type_ids is None else torch.tensor(type_ids[i], dtype=torch.long),
                 word_of_token,
                 n_words,
+                None if special is None else torch.tensor(special[i], dtype=torch.bool),
             )
         )
     return items
@@ -481,14 +494,37 @@ def _pool(
         for layer in layers:
             out[f"layer.{layer}"] = hidden[layer][:, 0].to(dtype)
     elif pooling == "mean":
-        weights = mask.unsqueeze(-1).to(hidden[0].dtype)
-        counts = mask.sum(1, keepdim=True).clamp_min(1).to(torch.float32)
-        for layer in layers:
-            summed = (hidden[layer] * weights).sum(1, dtype=torch.float32)
-            out[f"layer.{layer}"] = (summed / counts).to(dtype)
+        out.update(_masked_mean(hidden, layers, mask, dtype))
+    elif pooling == "mean_no_special":
+        out.update(_masked_mean(hidden, layers, mask * _ordinary_tokens(items, mask), dtype))
     else:
         out.update(_pool_words(hidden, layers, items, word_pooling, dtype))
     return out  # still on the model's device: moved to the CPU once per shard
+
+
+def _masked_mean(
+    hidden: tuple[torch.Tensor, ...], layers: list[int], mask: torch.Tensor, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Each row's mean over the positions where ``mask`` (batch, seq) is 1; zeros where it has none."""
+    weights = mask.unsqueeze(-1).to(hidden[0].dtype)
+    counts = mask.sum(1, keepdim=True).clamp_min(1).to(torch.float32)
+    out = {}
+    for layer in layers:
+        summed = (hidden[layer] * weights).sum(1, dtype=torch.float32)
+        out[f"layer.{layer}"] = (summed / counts).to(dtype)
+    return out
+
+
+def _ordinary_tokens(items: list[_Tokenized], mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) 1 for the tokens that are not special ([CLS], [SEP], ...), 0 for special and padding."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    if any(it.special is None for it in items):
+        raise InputError("this tokenizer gives no special-tokens mask, so mean_no_special is unavailable")
+    ordinary = pad_sequence(
+        [~it.special for it in items if it.special is not None], batch_first=True, padding_value=False
+    )
+    return ordinary.to(device=mask.device, dtype=mask.dtype)
 
 
 def _pool_words(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -67,7 +67,8 @@ class AnalyzeConfig:
         data_dir: local folder for tasks that are not builtin (GLUE TSV layout).
         split: which split of the task the representations are computed on.
         limit: at most this many examples of that split (None = all).
-        pooling: sentence pooling for the representation analyses (``cls`` or ``mean``).
+        pooling: sentence pooling for the representation analyses (``cls``, ``mean`` or ``mean_no_special``;
+            see :data:`tunescope.extract.POOLINGS`).
         batch_size: examples per forward pass.
         max_length: truncate inputs to this many tokens.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -128,8 +129,10 @@ class AnalyzeConfig:
                 raise InputError(f"{name} must be {want}, got {getattr(self, name)!r}")
         if self.max_length is not None and self.max_length < 2:
             raise InputError(f"max_length must be at least 2 or None, got {self.max_length!r}")
-        if self.pooling not in ("cls", "mean"):
-            raise UnknownNameError("sentence pooling", self.pooling, ("cls", "mean"), hint="fix --pooling")
+        from tunescope.extract import SENTENCE_POOLINGS
+
+        if self.pooling not in SENTENCE_POOLINGS:
+            raise UnknownNameError("sentence pooling", self.pooling, SENTENCE_POOLINGS, hint="fix --pooling")
         if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
             raise InputError(f"labels must name the two models differently, got {self.labels!r}")
         resolve_device(self.device)
@@ -419,14 +422,39 @@ class RunContext:
             records.update(view.training.records())
         return records
 
-    def examples(self, split: str | None = None) -> Examples:
-        """Examples of the run's task (the analysis split by default), limited to ``config.limit``."""
+    def examples(
+        self,
+        split: str | None = None,
+        *,
+        limit: int | None | Literal["config"] = "config",
+        seed: int | None = None,
+    ) -> Examples:
+        """Examples of the run's task (the analysis split by default), loaded once per run.
+
+        Args:
+            split: which split (default ``config.split``).
+            limit: at most this many examples (default ``config.limit``; None = all of the split).
+            seed: None: the split's first ``limit`` examples. Else ``limit`` examples drawn without
+                replacement by ``numpy.random.default_rng(seed)`` from the whole split, kept in the split's
+                order (the whole split when it has no more than ``limit``).
+        """
+        import numpy as np
+
         split = split or self.config.split
-        if split not in self._examples:
-            self._examples[split] = self.task.load(
-                split, data_dir=self.config.data_dir, limit=self.config.limit
-            )
-        return self._examples[split]
+        limit = self.config.limit if limit == "config" else limit
+        key = split if (limit == self.config.limit and seed is None) else f"{split}:{limit}:{seed}"
+        if key not in self._examples:
+            load = self.task.load
+            if seed is None:
+                self._examples[key] = load(split, data_dir=self.config.data_dir, limit=limit)
+            else:
+                every = load(split, data_dir=self.config.data_dir)
+                if limit is None or limit >= len(every):
+                    self._examples[key] = every
+                else:
+                    rng = np.random.default_rng(seed)
+                    self._examples[key] = every.subset(np.sort(rng.choice(len(every), limit, replace=False)))
+        return self._examples[key]
 
     def representations(
         self,
@@ -434,24 +462,27 @@ class RunContext:
         split: str | None = None,
         pooling: str | None = None,
         *,
+        limit: int | None | Literal["config"] = "config",
+        seed: int | None = None,
         drop_constant: bool = True,
     ) -> Representations:
         """Every layer of ``which`` model on ``split``, extracted once per run (and cached on disk).
 
-        With ``drop_constant`` (the default), layers that give the same vector for every input (layer 0
-        under ``cls`` pooling) are left out, since similarity and variance are undefined there; a note
-        says so in the report.
+        ``limit`` and ``seed`` choose the examples as in :meth:`examples`. With ``drop_constant`` (the
+        default), layers that give the same vector for every input (layer 0 under ``cls`` pooling) are
+        left out, since similarity and variance are undefined there; a note says so in the report.
         """
         from tunescope.extract import extract
 
         which = which or self.config.labels[0]
         split = split or self.config.split
         pooling = pooling or self.config.pooling
-        key = (which, split, pooling)
+        chosen = split if (limit == "config" and seed is None) else f"{split}:{limit}:{seed}"
+        key = (which, chosen, pooling)
         if key not in self._reps:
             self._reps[key] = extract(
                 self.encoder(which),
-                self.examples(split),
+                self.examples(split, limit=limit, seed=seed),
                 pooling=pooling,
                 batch_size=self.config.batch_size,
                 max_length=self.config.max_length,

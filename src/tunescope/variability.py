@@ -11,7 +11,9 @@ measure it with the neural-collapse ratio (Papyan et al. 2020)::
 
 with ``^+`` the Moore-Penrose pseudo-inverse. Weighting classes equally makes ``nu`` blind to class
 imbalance: duplicating every example of one class leaves it unchanged. Lower is more specialised. The
-paper pools each sequence by the mean of its (non-CLS) token states: extract with ``pooling="mean"``.
+paper computes it on training data and pools each sequence by the mean of its token states other than
+the special tokens ([CLS], [SEP]): extract with ``pooling="mean_no_special"``; ``pooling="mean"`` averages
+the special tokens in as well, and is not the paper's measure.
 
 Everything depends on the data only through per-class sums (count ``n_c``, ``sum h``, ``sum h h^T``),
 so :class:`VariabilityStats` accumulates all layers batch by batch and merges across processes, like

@@ -28,7 +28,16 @@ PairColumn = Annotated[str | None, typer.Option("--text-pair", help="Column with
 LabelColumn = Annotated[str | None, typer.Option("--label", help="Column with the label (with --data).")]
 Split = Annotated[str, typer.Option("--split", help="Split of the task to use.")]
 AnalysisLimit = Annotated[int | None, typer.Option("--limit", min=0, help="Examples analysed (0 = all).")]
-SentencePooling = Annotated[str, typer.Option("--pooling", help="mean or cls.")]
+SentencePooling = Annotated[
+    str,
+    typer.Option(
+        "--pooling",
+        help=(
+            "Sentence vector per text: mean (average of its non-padding tokens, [CLS]/[SEP] included), "
+            "mean_no_special (the same without the special tokens, as Xie et al. 2022) or cls (first token)."
+        ),
+    ),
+]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Examples per forward pass.")]
 Measures = Annotated[
     list[str] | None,
@@ -81,12 +90,12 @@ def load_examples(
 
 
 def sentence_pooling(pooling: str) -> str:
-    """Check a sentence pooling name (``mean`` or ``cls``) before anything slow runs."""
+    """Check a sentence pooling name (``mean``, ``mean_no_special`` or ``cls``) before anything slow runs."""
     from tunescope.errors import UnknownNameError
-    from tunescope.extract import POOLINGS
+    from tunescope.extract import SENTENCE_POOLINGS
 
-    if pooling not in POOLINGS or pooling == "tokens":
-        raise UnknownNameError("sentence pooling", pooling, [p for p in POOLINGS if p != "tokens"])
+    if pooling not in SENTENCE_POOLINGS:
+        raise UnknownNameError("sentence pooling", pooling, SENTENCE_POOLINGS)
     return pooling
 
 

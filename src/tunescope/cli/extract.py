@@ -18,7 +18,16 @@ def extract(
         "reps.safetensors"
     ),
     task: opt.Task = None,
-    pooling: Annotated[str, typer.Option("--pooling", help="mean, cls or tokens.")] = "mean",
+    pooling: Annotated[
+        str,
+        typer.Option(
+            "--pooling",
+            help=(
+                "mean (average of the non-padding tokens, [CLS]/[SEP] included), mean_no_special (the same "
+                "without the special tokens), cls (first token) or tokens (one vector per word)."
+            ),
+        ),
+    ] = "mean",
     word_pooling: Annotated[
         str, typer.Option("--word-pooling", help="first or mean sub-token (tokens).")
     ] = "first",
@@ -43,6 +52,8 @@ def extract(
     Examples:
 
         tunescope extract --task movie-sentiment --pooling mean --out reps.safetensors
+
+        tunescope extract --task movie-sentiment --pooling mean_no_special --out reps.safetensors
 
         tunescope extract path/to/model --data my.csv --text sentence --label label --out reps.safetensors
     """

@@ -40,7 +40,13 @@ def build(sec: Section) -> dict[str, Any] | None:
         figures.append(sec.figure("variability", fig))
     chosen = sec.table("layer_selection")
     if chosen:
-        sentence = f"With a budget of {chosen[0]['budget']} layer(s): {chosen[0]['reason']}."
+        row = chosen[0]
+        sentence = f"With a budget of {row['budget']} layer(s): {row['reason']}."
+        if row.get("n_examples"):
+            sentence += (
+                f" Computed on {row['n_examples']} {row['split']} examples, each text pooled by "
+                f"{row['pooling']}."
+            )
         if marks:
             sentence += " Circled points are the layers to tune."
     else:
