@@ -115,7 +115,7 @@ def test_truncation_curve_of_a_tuned_classifier(tmp_path, tiny_folder, tmp_path_
     from tunescope.inference import predictions
     from tunescope.truncation import COLUMNS
 
-    assert tuple(rows[0]) == COLUMNS
+    assert tuple(rows[0]) == ("seed", *COLUMNS)
     examples = get_task(config.task).load(config.split, limit=40)
     tuned = load_classifier(str(folder))
     full = predictions(tuned, examples)

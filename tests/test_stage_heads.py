@@ -52,7 +52,7 @@ def _examples(config):
 def test_maps_equal_head_importance_on_the_same_models(run, tiny_folder):
     root, config = run
     rows = read_csv(root / "results" / "heads.csv")
-    assert tuple(rows[0]) == COLUMNS
+    assert tuple(rows[0]) == ("seed", *COLUMNS)
     examples = _examples(config)
     models = {
         "base": load_encoder(tiny_folder, device="cpu"),
@@ -93,7 +93,7 @@ def test_the_summary_follows_the_curves(run):
     root, config = run
     curves = read_csv(root / "results" / "pruning.csv")
     summary = read_csv(root / "results" / "head_pruning_summary.csv")
-    assert tuple(summary[0]) == SUMMARY_COLUMNS
+    assert tuple(summary[0]) == ("seed", *SUMMARY_COLUMNS)
     assert [r["rank_by"] for r in summary] == ["task", "mlm", "random"]
     for row in summary:
         mine = [r for r in curves if r["rank_by"] == row["rank_by"]]
@@ -144,7 +144,7 @@ def test_physical_pruning_computes_what_masking_computed(run):
 def test_prune_then_tune_against_tune_then_prune(run):
     root, config = run
     rows = read_csv(root / "results" / "head_transfer.csv")
-    assert tuple(rows[0]) == TRANSFER_COLUMNS
+    assert tuple(rows[0]) == ("seed", *TRANSFER_COLUMNS)
     by = {r["order"]: r for r in rows}
     assert set(by) == {"full", "prune_then_tune", "tune_then_prune"}
     first = load_classifier(str(root / "models" / "heads-pruned-then-tuned"), device="cpu")

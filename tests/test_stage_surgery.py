@@ -188,7 +188,7 @@ def test_tables_and_report_of_a_full_run(run):
     rows = read_csv(root / "results" / "ablation.csv")
     from tunescope.stages.ablation import COLUMNS
 
-    assert tuple(rows[0]) == COLUMNS
+    assert tuple(rows[0]) == ("seed", *COLUMNS)
     assert len(rows) == 1 + 3 + 3 + 3
     html = (root / "report.html").read_text()
     assert '<section id="ablation">' in html and '<section id="ffn">' in html

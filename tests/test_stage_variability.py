@@ -162,7 +162,7 @@ def test_selection_experiment_trains_each_arm_with_its_recipe(tmp_path, tiny_fol
     )
     root = analyze(config, progress=False)
     rows = read_csv(root / "results" / "selection.csv")
-    assert tuple(rows[0]) == COLUMNS
+    assert tuple(rows[0]) == ("seed", *COLUMNS)
     by = {r["strategy"]: r for r in rows}
     (chosen,) = read_csv(root / "results" / "layer_selection.csv")
     top_chosen = chosen["classifier_layer"] == "3" and chosen["adapt_layers"] == "2,3"

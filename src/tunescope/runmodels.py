@@ -39,14 +39,14 @@ class RunTraining:
         """The run's epochs, learning rate, batch size, length and seed, with ``changes``."""
         from tunescope.finetune import FinetuneConfig
 
-        return FinetuneConfig(
-            epochs=self.config.epochs,
-            learning_rate=self.config.learning_rate,
-            batch_size=self.config.batch_size,
-            max_length=self.config.max_length or 128,
-            seed=self.config.seed,
-            **changes,
-        )
+        settings: dict[str, Any] = {
+            "epochs": self.config.epochs,
+            "learning_rate": self.config.learning_rate,
+            "batch_size": self.config.batch_size,
+            "max_length": self.config.max_length or 128,
+            "seed": self.config.seed,
+        }
+        return FinetuneConfig(**{**settings, **changes})
 
     def train(self, name: str, model: Any = None, **changes: Any) -> FinetuneResult:
         """Fine-tune ``model`` (default: the pre-trained one) on the run's task into ``RUN/models/<name>``.

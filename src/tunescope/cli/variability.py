@@ -18,9 +18,19 @@ def variability(
         str | None, typer.Option("--tuned", help="A fine-tuned model whose curve to add.")
     ] = None,
     budget: Annotated[int, typer.Option("--budget", help="How many layers to tune (m).")] = 2,
-    split: opt.Split = "validation",
-    limit: opt.AnalysisLimit = 1000,
-    pooling: opt.SentencePooling = "mean",
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", min=0, help="Training examples the variability is computed on, seeded (0 = all)."
+        ),
+    ] = 2000,
+    pooling: Annotated[
+        str,
+        typer.Option(
+            "--pooling",
+            help="mean_no_special (Xie et al.: non-special tokens), mean (special tokens included) or cls.",
+        ),
+    ] = "mean_no_special",
     data_dir: opt.DataDir = None,
     batch_size: opt.BatchSize = 32,
     device: opt.Device = "auto",
@@ -29,8 +39,9 @@ def variability(
     """Write OUT/results/variability.csv and layer_selection.csv, print them, and draw the report.
 
     Variability is Tr(Σ_W Σ_B⁺)/C of each layer's pooled states (Xie et al. 2022; lower = classes better
-    separated). The classifier goes on the lowest layer of the pre-trained curve and the BUDGET layers
-    ending there are the ones to tune; `tunescope analyze` then tests that choice (stage selection).
+    separated), on a seeded sample of the task's training split, as the paper computes it. The
+    classifier goes on the lowest layer of the pre-trained curve and the BUDGET layers ending there are
+    the ones to tune; `tunescope analyze` then tests that choice (stage selection).
 
     Examples:
 
@@ -49,15 +60,18 @@ def variability(
         tuned=tuned,
         task=task,
         data_dir=str(data_dir) if data_dir else None,
-        split=split,
-        limit=limit or None,
-        pooling=opt.sentence_pooling(pooling),
         batch_size=batch_size,
         device=device,
         seed=seed,
         stages=("variability",),
         finetune=False,
-        options={"variability": {"budget": budget}},
+        options={
+            "variability": {
+                "budget": budget,
+                "limit": limit or None,
+                "pooling": opt.sentence_pooling(pooling),
+            }
+        },
     )
     root = analyze(config)
     for note in read_manifest(root).get("notes", []):

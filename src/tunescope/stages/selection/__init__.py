@@ -21,16 +21,17 @@ every row). Two fair ways, chosen by the stage options:
 
 * the **per-arm recipe** (default): ``full`` with the run's ``--lr`` and ``--epochs``; each partial arm
   with ``--selection.partial-lr-factor`` (4) times that rate for ``--selection.partial-epochs-factor`` (2)
-  times the epochs. ``full`` is the run's own fine-tuned model (``RUN/models/tuned``) when the run
-  fine-tuned it in one epoch (so no epoch was picked on the analysis split), else it is trained here.
+  times the epochs. Every arm is trained as the run trains its own model (``RUN/models/tuned``, which
+  serves as ``full`` unless ``--tuned`` was given): the same model selection on the validation split
+  (best epoch, early stopping with ``--patience``), so no arm gets a choice the others lack.
 * a **learning-rate grid** (``--selection.learning-rates 1e-5,5e-5,2e-4``): every arm trains once per rate
   of the same grid, with the epochs of its recipe (the same search budget for all), on the training
   examples less a seeded ``--selection.holdout`` fraction, and keeps the rate that scores best on that
   held-out slice; the analysis split the table reports never chooses anything. ``selection_grid.csv``
   lists every try.
 
-Arms trained here save their last epoch (``keep_best=False``): choosing an epoch on the analysis split
-would favour the arms with more epochs to choose from. Each arm is evaluated on the run's analysis split
+With the grid, the arms save their last epoch (``keep_best=False``): the held-out slice chooses the rate
+and must not also choose the epoch. Each arm is evaluated on the run's analysis split
 with the task's metric, with a bootstrap interval over examples, and paired differences (same examples,
 resampled together) against ``full`` and against ``top``.
 
@@ -226,29 +227,25 @@ class Trained:
 
 
 def _finetune(ctx: RunContext, name: str, arm: Arm, lr: float, epochs: int, **data: Any) -> FinetuneResult:
-    """Train ``arm`` at ``lr`` for ``epochs`` into ``RUN/models/<name>``, keeping the last epoch.
+    """Train ``arm`` at ``lr`` for ``epochs`` on the grid's own ``train``/``validation`` examples, keeping
+    the last epoch (the held-out slice chooses the rate, so it must not choose the epoch too).
 
-    ``ctx.train`` cannot change the run's learning rate or epochs (``RunTraining.finetune_config`` sets
-    both), so the recipe goes through :func:`tunescope.finetune.finetune` with the run's other settings.
-    ``data``: ``train``/``validation`` examples (default: the run's ``--train-limit`` and ``--limit``).
+    ``ctx.train`` trains on the run's data, so the grid goes through :func:`tunescope.finetune.finetune`
+    with the run's other settings; the folder gets the seed's suffix like ``ctx.train``'s.
     """
     from dataclasses import replace
 
     from tunescope.finetune import finetune
 
     config = replace(ctx.finetune_config(**arm.changes()), learning_rate=lr, epochs=epochs, keep_best=False)
-    limits: dict[str, Any] = (
-        {} if data else {"train_limit": ctx.config.train_limit, "validation_limit": ctx.config.limit}
-    )
     return finetune(
         ctx.config.model,
         ctx.task,
-        ctx.models_dir / name,
+        ctx.models_dir / f"{name}{ctx.training.suffix}",
         config=config,
         data_dir=ctx.config.data_dir,
         device=ctx.device,
         progress=ctx.progress,
-        **limits,
         **data,
     )
 
@@ -257,11 +254,12 @@ def _train_by_recipe(
     ctx: RunContext, arm: Arm, top: Arm, options: SelectionOptions, done: dict[str, Trained]
 ) -> Trained:
     lr, epochs = _recipe(ctx, arm, options)
-    if not arm.partial and ctx.config.tuned is None and ctx.config.epochs == 1:
+    if not arm.partial and ctx.config.tuned is None:
         return Trained(ctx.train("tuned"), lr, epochs, "per-arm recipe (the run's fine-tuned model)")
     name = _folder(arm, top, lr, epochs)
     if name not in done:
-        done[name] = Trained(_finetune(ctx, name, arm, lr, epochs), lr, epochs, "per-arm recipe")
+        result = ctx.train(name, learning_rate=lr, epochs=epochs, **arm.changes())
+        done[name] = Trained(result, lr, epochs, "per-arm recipe")
     return done[name]
 
 
@@ -337,7 +335,7 @@ def run(ctx: RunContext) -> list[Table]:
             trained[arm.strategy] = _train_by_recipe(ctx, arm, top, options, done)
     found = {strategy: _predictions(ctx, arm.result) for strategy, arm in trained.items()}
     rows = [_row(ctx, arm, trained[arm.strategy], found) for arm in plan]
-    tables = [Table("selection", COLUMNS, rows)]
+    tables = [Table("selection", COLUMNS, rows, key=("strategy",))]
     if grid_rows:
         tables.append(Table("selection_grid", GRID_COLUMNS, grid_rows))
     return tables
@@ -389,6 +387,7 @@ def _row(ctx: RunContext, arm: Arm, trained: Trained, found: dict[str, Predictio
 
 STAGE = Stage(
     name="selection",
+    seeded=True,
     title="Tuning the layers variability selects",
     run=run,
     options=SelectionOptions,
