@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from tunescope.errors import DataError, InputError
-from tunescope.probing import LayerProbes, _batched_lbfgs, control_labels, probe_layers
+from tunescope.intervals import difference_interval, metric_interval
+from tunescope.probing import (
+    INTERVAL_COLUMNS,
+    LayerProbes,
+    _batched_lbfgs,
+    control_labels,
+    fit_probes,
+    probe_layers,
+)
 from tunescope.testing.reference_probing import (
     consistent_per_group,
     label_distribution,
@@ -320,3 +328,125 @@ def test_docs_example_runs() -> None:
     assert [values[k] for k in range(4)] == sorted((values[k] for k in range(4)), reverse=True)
     assert [r["layer"] for r in rows] == [0, 1, 2, 3] and abs(rows[0]["selectivity"]) < 0.15
     assert ns["choice"].adapt_layers == (2, 3) and ns["choice"].dropped_layers == ()
+
+
+# --- intervals over test sentences ----------------------------------------------------------------
+
+
+def _sentences(n_sentences: int, seed: int) -> tuple[dict[int, torch.Tensor], np.ndarray, np.ndarray]:
+    """Rows grouped in sentences of 3-7 words: layer 1 reads the label, layer 2 is noise."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(3, 8, size=n_sentences)
+    groups = np.repeat(np.arange(n_sentences), sizes)
+    y = rng.integers(0, 3, size=groups.size)
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(groups.size, 4, generator=g) + 1.2 * torch.eye(4)[torch.from_numpy(y)]
+    return {1: x1, 2: torch.randn(groups.size, 4, generator=g)}, y, groups
+
+
+def _fit_on_sentences(seed: int = 0):
+    x, y, groups = _sentences(120, seed)
+    train, test = groups < 80, groups >= 80
+    return fit_probes(
+        {k: v[torch.from_numpy(train)] for k, v in x.items()},
+        y[train],
+        {k: v[torch.from_numpy(test)] for k, v in x.items()},
+        y[test],
+        test_groups=groups[test],
+        seed=seed,
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_probe_intervals_are_metric_interval_on_the_stored_predictions(seed: int) -> None:
+    result = _fit_on_sentences(seed)
+    assert result.groups.max() + 1 == 40 and result.groups.size == result.labels.size
+    rows = result.rows(n_boot=300, level=0.9, seed=seed)
+    assert set(INTERVAL_COLUMNS) <= set(rows[0])
+    for row in rows:
+        layer = row["layer"]
+        task = metric_interval(
+            "accuracy",
+            result.predictions[layer],
+            result.labels,
+            groups=result.groups,
+            n_boot=300,
+            level=0.9,
+            seed=seed,
+        )
+        control = metric_interval(
+            "accuracy",
+            result.control_predictions[layer],
+            result.control_labels,
+            groups=result.groups,
+            n_boot=300,
+            level=0.9,
+            seed=seed,
+        )
+        assert (row["accuracy"], row["ci_low"], row["ci_high"]) == (task.value, task.low, task.high)
+        assert (row["control_accuracy"], row["control_ci_low"], row["control_ci_high"]) == (
+            control.value,
+            control.low,
+            control.high,
+        )
+        assert row["ci_low"] <= row["accuracy"] <= row["ci_high"] and row["n_boot"] == 300
+        assert row["selectivity_ci_low"] <= row["selectivity"] <= row["selectivity_ci_high"]
+    assert rows[0]["accuracy"] > 0.6 > rows[1]["accuracy"]
+
+
+def test_selectivity_is_resampled_paired_by_sentence() -> None:
+    """By hand: draw sentences, score probe and control on the same draw, take the quantiles."""
+    result = _fit_on_sentences(0)
+    n_boot, level, layer = 200, 0.95, 1
+    got = result.selectivity_interval(layer, n_boot=n_boot, level=level, seed=3)
+    right = result.predictions[layer] == result.labels
+    control_right = result.control_predictions[layer] == result.control_labels
+    n_sentences = int(result.groups.max()) + 1
+    draws = np.random.default_rng(3).integers(0, n_sentences, size=(n_boot, n_sentences))  # as intervals
+    samples = []
+    for draw in draws:
+        rows = np.concatenate([np.flatnonzero(result.groups == s) for s in draw])
+        samples.append(right[rows].mean() - control_right[rows].mean())
+    low, high = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
+    assert got.value == pytest.approx(right.mean() - control_right.mean(), abs=1e-12)
+    assert (got.low, got.high) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
+    # resampling words instead of sentences gives another interval: the unit matters
+    words = difference_interval(
+        "accuracy",
+        control_right.astype(int),
+        right.astype(int),
+        np.ones(right.size, int),
+        n_boot=n_boot,
+        seed=3,
+    )
+    assert (words.low, words.high) != (got.low, got.high)
+
+
+def test_identical_predictions_give_a_zero_difference() -> None:
+    result = _fit_on_sentences(0)
+    for layer in result.layers:
+        same = result.difference(result, layer, n_boot=200)
+        assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    other = _fit_on_sentences(1)  # other sentences, other labels: not a paired comparison
+    with pytest.raises(InputError, match="different rows"):
+        result.difference(other, 1)
+
+
+def test_interval_options_are_checked_before_fitting(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = classes_in_gaussians(60, 3, 2, 1.0, seed=0)
+
+    def no_fit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fitted before the options were checked")
+
+    monkeypatch.setattr(LayerProbes, "fit", no_fit)
+    with pytest.raises(InputError, match="n_boot"):
+        probe_layers({1: x}, y, {1: x}, y, n_boot=10)
+    with pytest.raises(InputError, match="confidence level"):
+        probe_layers({1: x}, y, {1: x}, y, n_boot=200, level=1.5)
+
+
+def test_without_control_the_control_intervals_are_nan() -> None:
+    x, y = classes_in_gaussians(300, 4, 2, 1.5, seed=2)
+    (row,) = probe_layers({1: x[:200]}, y[:200], {1: x[200:]}, y[200:], control=False, n_boot=200)
+    assert row["ci_low"] <= row["accuracy"] <= row["ci_high"]
+    assert np.isnan(row["control_ci_low"]) and np.isnan(row["selectivity_ci_high"])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +18,10 @@ from tunescope.errors import DataError, InputError, UnknownNameError
 from tunescope.extract import extract
 from tunescope.models import load_encoder
 from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
-from tunescope.probing import probe_layers
+from tunescope.probing import fit_probes, probe_layers
+from tunescope.report._section import Section
 from tunescope.stages.probes import COLUMNS, resolve_probe_tasks
+from tunescope.stages.probes.section import build
 from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
@@ -111,7 +115,7 @@ def _direct(folder, gold, field_names, seed=0):
         rows = zip(reps.example_index.tolist(), reps.word_index.tolist(), strict=True)
         sides.append((reps, [part.words[e][w] for e, w in rows]))
     (train, train_words), (test, test_words) = sides
-    return probe_layers(train, None, test, None, word_types=(train_words, test_words), seed=seed)
+    return fit_probes(train, None, test, None, word_types=(train_words, test_words), seed=seed)
 
 
 def test_gold_probes_equal_probe_layers_on_the_same_representations(tmp_path, base_folder, tuned_folder):
@@ -126,21 +130,46 @@ def test_gold_probes_equal_probe_layers_on_the_same_representations(tmp_path, ba
     }
     assert {r["silver"] for r in rows} == {"False"}
     gold = load_conllu(treebank, field="upos")
-    for model, folder in (("base", base_folder), ("tuned", tuned_folder)):
-        expected = _direct(folder, gold, gold.tag_names)
+    direct = {
+        m: _direct(f, gold, gold.tag_names) for m, f in (("base", base_folder), ("tuned", tuned_folder))
+    }
+    intervals = {"n_boot": config.n_boot, "level": config.confidence, "seed": config.seed}
+    for model, result in direct.items():
+        expected = result.rows(**intervals)
         got = sorted(
             (r for r in rows if r["model"] == model and r["probe_task"] == "upos"),
             key=lambda r: int(r["layer"]),
         )
         assert [int(r["layer"]) for r in got] == [0, 1, 2, 3]
         for row, want in zip(got, expected, strict=True):
-            for column in ("accuracy", "control_accuracy", "selectivity", "majority_accuracy"):
+            for column in ("accuracy", "control_accuracy", "selectivity", "majority_accuracy", "ci_low"):
+                assert float(row[column]) == pytest.approx(want[column], abs=1e-12), (model, column)
+            for column in ("ci_high", "control_ci_low", "selectivity_ci_low", "selectivity_ci_high"):
                 assert float(row[column]) == pytest.approx(want[column], abs=1e-12), (model, column)
             assert (int(row["n_train"]), int(row["n_test"])) == (want["n_train"], want["n_test"])
+            assert int(row["n_boot"]) == config.n_boot
+            # the tuned rows carry the paired difference from the base model at the same layer
+            if model == "base":
+                assert row["delta"] == "nan"
+            else:
+                diff = direct["base"].difference(result, want["layer"], **intervals)
+                assert float(row["delta"]) == pytest.approx(diff.value)
+                assert diff.value == pytest.approx(want["accuracy"] - float(_base_accuracy(rows, row)))
+                assert (float(row["delta_ci_low"]), float(row["delta_ci_high"])) == (diff.low, diff.high)
     html = (root / "report.html").read_text()
     assert "Probing classifiers" in html and "gold UPOS" in html
     assert (root / "figures" / "probes_upos.png").exists()
     assert (root / "figures" / "probes_deprel.png").exists()
+
+
+def _base_accuracy(rows, row):
+    """The base model's accuracy in the row of the same probe task and layer."""
+    (base,) = (
+        r["accuracy"]
+        for r in rows
+        if r["model"] == "base" and (r["probe_task"], r["layer"]) == (row["probe_task"], row["layer"])
+    )
+    return base
 
 
 def test_control_accuracy_near_chance_with_random_labels(tmp_path, base_folder):
@@ -243,3 +272,89 @@ def test_cli_probe_errors_exit_2_with_one_line(tmp_path, base_folder, capsys, ex
     assert err.startswith("error: ") and "\n" not in err, err
     assert words in err
     assert not (tmp_path / "p").exists()
+
+
+# --- the section, on planted tables ----------------------------------------------------------------
+
+
+class _Planted(Section):
+    """A section whose ``probes`` table is given rows instead of a run folder's."""
+
+    def __init__(self, rows):
+        super().__init__(Path("."), {"config": {"confidence": 0.9}})
+        self.rows = rows
+
+    def table(self, name):
+        return self.rows if name == "probes" else []
+
+
+def _planted_rows(delta, low, high, *, best=0.90):
+    """Base and tuned rows of three layers of silver POS; layer 2 is the base model's best."""
+    rows = []
+    for model in ("base", "tuned"):
+        for layer, accuracy in ((0, 0.70), (1, 0.80), (2, best)):
+            tuned = model == "tuned"
+            row = {
+                "model": model,
+                "layer": str(layer),
+                "probe_task": "pos",
+                "accuracy": str(accuracy + (delta if tuned else 0.0)),
+                "ci_low": str(accuracy - 0.02),
+                "ci_high": str(accuracy + 0.02),
+                "control_accuracy": "0.5",
+                "majority_accuracy": "0.2",
+                "delta": str(delta) if tuned else "nan",
+                "delta_ci_low": str(low) if tuned else "nan",
+                "delta_ci_high": str(high) if tuned else "nan",
+                "silver": "True",
+            }
+            rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("delta", "low", "high", "words"),
+    [
+        (-0.002, -0.008, 0.005, ("no measurable difference (-0.2 points [-0.8, 0.5])", "this run agrees")),
+        (-0.010, -0.016, -0.004, ("loses 1.0 points [-1.6, -0.4]", "this run agrees")),
+        (
+            -0.010,
+            -0.045,
+            0.020,
+            ("no measurable difference (-1.0 points [-4.5, 2.0])", "this run cannot tell"),
+        ),
+        (-0.060, -0.080, -0.040, ("loses 6.0 points [-8.0, -4.0]", "this run disagrees")),
+        (0.030, 0.010, 0.050, ("gains 3.0 points [1.0, 5.0]", "this run agrees")),
+    ],
+)
+def test_section_words_the_paired_difference_and_the_verdict(delta, low, high, words):
+    section = build(_Planted(_planted_rows(delta, low, high)))
+    (sentence,) = section["sentences"]
+    assert (
+        "Merchant et al. (2020)" in sentence and "at layer 2, where base decodes silver POS best" in sentence
+    )
+    assert "(0.90 [0.88, 0.92])" in sentence
+    for text in words:
+        assert text in sentence, sentence
+    if low < 0 < high or delta > 0:
+        assert "no layer decodes it measurably less well than before" in sentence
+    else:
+        assert "the largest measurable drop is at layer" in sentence
+    assert section["level"] == "90%"
+
+
+def test_section_wording_changes_when_the_interval_crosses_zero():
+    measurable = build(_Planted(_planted_rows(-0.01, -0.015, -0.001)))["sentences"][0]
+    crossing = build(_Planted(_planted_rows(-0.01, -0.015, 0.001)))["sentences"][0]
+    assert "loses 1.0 points" in measurable and "no measurable difference" not in measurable
+    assert "makes no measurable difference (-1.0 points [-1.5, 0.1])" in crossing
+
+
+def test_section_cannot_tell_without_a_paired_difference():
+    rows = _planted_rows(0.0, math.nan, math.nan)  # the two models were tested on different words
+    (sentence,) = build(_Planted(rows))["sentences"]
+    assert "this run cannot tell" in sentence and "not tested on the same words" in sentence
+    single = build(_Planted([r for r in rows if r["model"] == "base"]))["sentences"][0]
+    assert (
+        single == "The base model decodes silver POS best at layer 2 (0.90 [0.88, 0.92]; control task 0.50)."
+    )

@@ -12,6 +12,7 @@ from tunescope.inference import evaluate, max_length_for
 from tunescope.models import load_classifier, load_encoder
 from tunescope.pipeline import AnalyzeConfig, RunContext, analyze, read_manifest
 from tunescope.similarity import linear_cka
+from tunescope.stages.ffn import COLUMNS as FFN_COLUMNS
 from tunescope.surgery import count_parameters, reinit_layers, removed_ffn_layers, restore_layers
 from tunescope.testing.tiny import save_model, tiny_model
 
@@ -158,15 +159,7 @@ def test_ffn_removed_model_is_trained_saved_and_evaluated(run, examples):
     root, _ = run
     best = next(int(r["layer"]) for r in read_csv(root / "results" / "ffn_cka.csv") if r["chosen"] == "True")
     rows = read_csv(root / "results" / "ffn.csv")
-    assert list(rows[0]) == [
-        "model",
-        "ffn_removed_layers",
-        "metric",
-        "value",
-        "params",
-        "trainable_params",
-        "train_seconds",
-    ]
+    assert tuple(rows[0]) == FFN_COLUMNS  # intervals: tests/test_stage_ffn.py
     full, removed = rows
     assert (full["model"], full["ffn_removed_layers"]) == ("full", "")
     assert (removed["model"], removed["ffn_removed_layers"]) == ("ffn_removed", str(best))

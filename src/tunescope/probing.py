@@ -8,6 +8,11 @@ Control Tasks", EMNLP 2019) gives each word *type* a random label drawn from the
 distribution; a probe that also reaches high accuracy on it is memorising word identity, not reading
 the property. Selectivity = accuracy - control accuracy.
 
+Every accuracy comes with a percentile bootstrap interval over the test *sentences* (the words of one
+sentence resampled together: they are not independent evidence), computed from the probes' stored test
+predictions without refitting anything (:class:`ProbeResult`); selectivity is resampled paired, the
+probe and its control scored on the same resample.
+
 All layers and all regularisation strengths are fitted together: the sub-problems share nothing but
 their inputs, so they are stacked into one batched problem (one ``bmm`` per evaluation for every layer
 and every strength) and solved by an L-BFGS whose history, step sizes and stopping test are kept per
@@ -29,8 +34,9 @@ from torch import Tensor
 from tunescope._labels import row_labels
 from tunescope.errors import DataError, InputError
 from tunescope.extract import Representations
+from tunescope.intervals import Interval, check_interval_options, difference_interval, metric_interval
 
-__all__ = ["LayerProbes", "control_labels", "probe_layers"]
+__all__ = ["LayerProbes", "ProbeResult", "control_labels", "fit_probes", "probe_layers"]
 
 LayerReps = Mapping[int, Tensor] | Representations
 Labels = Sequence[Hashable] | np.ndarray | Tensor
@@ -581,7 +587,253 @@ def control_labels(
     return classes[type_labels[type_of_row]]
 
 
+INTERVAL_COLUMNS = (
+    "ci_low",
+    "ci_high",
+    "control_ci_low",
+    "control_ci_high",
+    "selectivity_ci_low",
+    "selectivity_ci_high",
+    "n_boot",
+)
+"""The columns :meth:`ProbeResult.rows` adds with ``n_boot``: bounds of accuracy, control, selectivity."""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The probes :func:`fit_probes` fitted and what they predicted for every test row.
+
+    Intervals resample these stored predictions (never the probes): a percentile bootstrap over the test
+    sentences (:func:`tunescope.intervals.metric_interval` with ``groups``), so the words of one
+    sentence count as one unit of evidence.
+
+    Attributes:
+        probes: The task probes (a fitted :class:`LayerProbes`).
+        control_probes: The control-task probes, or None when ``control=False``.
+        classes: Every label of the task (train, validation and test), sorted; the codes below index it.
+        labels: (n_test,) int64 gold test labels, as codes into ``classes`` (-1 never occurs).
+        predictions: layer -> (n_test,) int64 predicted codes of the chosen probe.
+        control_labels: (n_test,) int64 control labels of the test rows (None without control).
+        control_predictions: layer -> (n_test,) int64 control probe predictions (empty without control).
+        groups: (n_test,) int64 sentence of each test row (``0..n_sentences - 1``; each row its own when
+            the rows are sentences): the bootstrap unit.
+        majority_accuracy: Test accuracy of always predicting the most frequent training label.
+        n_train: Rows the probes were fitted on (validation rows excluded).
+        n_validation: Rows the strength was chosen on.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = np.arange(300) % 3
+        >>> x = torch.randn(300, 4, generator=g) + 3 * torch.eye(4)[y]
+        >>> result = fit_probes({1: x[:200]}, y[:200], {1: x[200:]}, y[200:])
+        >>> ci = result.interval(1, n_boot=200)
+        >>> ci.low <= ci.value <= ci.high, result.predictions[1].shape
+        (True, (100,))
+    """
+
+    probes: LayerProbes
+    control_probes: LayerProbes | None
+    classes: np.ndarray
+    labels: np.ndarray
+    predictions: dict[int, np.ndarray]
+    control_labels: np.ndarray | None
+    control_predictions: dict[int, np.ndarray]
+    groups: np.ndarray
+    majority_accuracy: float
+    n_train: int
+    n_validation: int
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The probed layers, ascending."""
+        return tuple(self.probes.layers_)
+
+    def accuracy(self, layer: int) -> float:
+        """Test accuracy of ``layer``'s probe."""
+        return float(np.mean(self.predictions[layer] == self.labels))
+
+    def control_accuracy(self, layer: int) -> float:
+        """Test accuracy of ``layer``'s control probe on the control labels (NaN without control)."""
+        if self.control_labels is None:
+            return math.nan
+        return float(np.mean(self.control_predictions[layer] == self.control_labels))
+
+    def interval(self, layer: int, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> Interval:
+        """``layer``'s test accuracy with its bootstrap interval over test sentences.
+
+        Equal to ``metric_interval("accuracy", predictions[layer], labels, groups=groups)``, computed from
+        the 0/1 "was right" vector (two classes instead of ``n_classes``: several times faster).
+        """
+        return _correct_interval(self._correct(layer), self._units(), n_boot=n_boot, level=level, seed=seed)
+
+    def control_interval(
+        self, layer: int, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+    ) -> Interval:
+        """The control probe's accuracy with its interval (all NaN without control)."""
+        if self.control_labels is None:
+            return Interval(math.nan, math.nan, math.nan, level, n_boot)
+        right = self.control_predictions[layer] == self.control_labels
+        return _correct_interval(right, self._units(), n_boot=n_boot, level=level, seed=seed)
+
+    def selectivity_interval(
+        self, layer: int, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+    ) -> Interval:
+        """Selectivity (accuracy - control accuracy) with a paired interval: both on the same resample."""
+        if self.control_labels is None:
+            return Interval(math.nan, math.nan, math.nan, level, n_boot)
+        control_right = self.control_predictions[layer] == self.control_labels
+        return _correct_difference(
+            control_right, self._correct(layer), self._units(), n_boot=n_boot, level=level, seed=seed
+        )
+
+    def difference(
+        self, other: ProbeResult, layer: int, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+    ) -> Interval:
+        """``accuracy(other) - accuracy(self)`` at ``layer``, paired over the same test sentences.
+
+        For two models probed on the same test words (base and tuned, Merchant et al. 2020): each
+        resample draws one set of sentences and scores both models' probes on it.
+
+        Raises:
+            InputError: ``other`` was tested on other rows (labels or sentences differ) or lacks ``layer``.
+        """
+        if not self.same_rows(other):
+            raise InputError(
+                "the two probe results were tested on different rows; a paired difference needs the same "
+                "test words with the same labels"
+            )
+        if layer not in self.predictions or layer not in other.predictions:
+            raise InputError(f"layer {layer} was not probed in both results")
+        return _correct_difference(
+            self._correct(layer), other._correct(layer), self._units(), n_boot=n_boot, level=level, seed=seed
+        )
+
+    def same_rows(self, other: ProbeResult) -> bool:
+        """Whether ``other`` was tested on the same rows: the same gold labels, in the same sentences."""
+        return bool(
+            self.labels.shape == other.labels.shape
+            and np.array_equal(self.classes[self.labels], other.classes[other.labels])
+            and np.array_equal(self.groups, other.groups)
+        )
+
+    def rows(self, *, n_boot: int | None = None, level: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
+        """One tidy row per layer (as :func:`probe_layers`); with ``n_boot`` also :data:`INTERVAL_COLUMNS`."""
+        if n_boot is not None:
+            check_interval_options(n_boot, level)
+        control_l2 = self.control_probes.l2_ if self.control_probes is not None else {}
+        out = []
+        for layer in self.layers:
+            acc, ctrl = self.accuracy(layer), self.control_accuracy(layer)
+            row: dict[str, Any] = {
+                "layer": layer,
+                "accuracy": acc,
+                "control_accuracy": ctrl,
+                "selectivity": acc - ctrl,
+                "l2": self.probes.l2_[layer],
+                "control_l2": control_l2.get(layer, math.nan),
+                "validation_accuracy": self.probes.validation_accuracy_[layer][self.probes.l2_[layer]],
+                "majority_accuracy": self.majority_accuracy,
+                "n_classes": len(self.probes.classes_),
+                "n_train": self.n_train,
+                "n_validation": self.n_validation,
+                "n_test": len(self.labels),
+            }
+            if n_boot is not None:
+                options: dict[str, Any] = {"n_boot": n_boot, "level": level, "seed": seed}
+                task = self.interval(layer, **options)
+                control = self.control_interval(layer, **options)
+                selectivity = self.selectivity_interval(layer, **options)
+                row.update(
+                    ci_low=task.low,
+                    ci_high=task.high,
+                    control_ci_low=control.low,
+                    control_ci_high=control.high,
+                    selectivity_ci_low=selectivity.low,
+                    selectivity_ci_high=selectivity.high,
+                    n_boot=n_boot,
+                )
+            out.append(row)
+        return out
+
+    def _correct(self, layer: int) -> np.ndarray:
+        return self.predictions[layer] == self.labels
+
+    def _units(self) -> np.ndarray | None:
+        """The sentence ids, or None when every row is its own sentence (the plain bootstrap)."""
+        return None if np.unique(self.groups).size == self.groups.size else self.groups
+
+
+def _correct_interval(right: np.ndarray, groups: np.ndarray | None, **options: Any) -> Interval:
+    """The accuracy ``mean(right)`` of a (n_rows,) bool "was right" vector with its bootstrap interval.
+
+    A resample's accuracy is its number of right rows over its rows whatever the labels were, so this is
+    :func:`metric_interval` of the predictions and labels themselves, on the same draws.
+    """
+    ones = np.ones(right.shape[0], dtype=np.int64)
+    return metric_interval("accuracy", right.astype(np.int64), ones, groups=groups, **options)
+
+
+def _correct_difference(
+    right_a: np.ndarray, right_b: np.ndarray, groups: np.ndarray | None, **options: Any
+) -> Interval:
+    """``mean(right_b) - mean(right_a)`` of two (n_rows,) bool "was right" vectors, paired.
+
+    The accuracy of a 0/1 "was right" vector against all-ones labels is the accuracy it records, so the
+    paired bootstrap of :func:`difference_interval` applies to two probes with different labels (a probe
+    and its control) as well as to two models' probes.
+    """
+    ones = np.ones(right_a.shape[0], dtype=np.int64)
+    return difference_interval(
+        "accuracy", right_a.astype(np.int64), right_b.astype(np.int64), ones, groups=groups, **options
+    )
+
+
 def probe_layers(
+    train_reps: LayerReps,
+    train_labels: Labels | None,
+    test_reps: LayerReps,
+    test_labels: Labels | None,
+    *,
+    n_boot: int | None = None,
+    level: float = 0.95,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Probe every layer, with a control task, and return one tidy row per layer.
+
+    ``fit_probes(...).rows(n_boot=n_boot, level=level, seed=seed)``: see :func:`fit_probes` for the
+    procedure and the keyword arguments (``validation``, ``control``, ``word_types``, ``test_groups``,
+    ``seed``, ...), and :class:`ProbeResult` for the predictions behind the rows.
+
+    Args:
+        train_reps, train_labels, test_reps, test_labels: As in :func:`fit_probes`.
+        n_boot: With a number of resamples (at least 100), every row also gets the bootstrap interval of
+            its accuracy, control accuracy and selectivity over the test sentences
+            (:data:`INTERVAL_COLUMNS`); None: no intervals.
+        level: Coverage of those intervals.
+        **options: The keyword arguments of :func:`fit_probes`.
+
+    Returns:
+        One dict per layer: ``layer``, ``accuracy`` (test), ``control_accuracy``, ``selectivity``
+        (accuracy - control accuracy; NaN without control), ``l2``, ``control_l2``,
+        ``validation_accuracy``, ``majority_accuracy`` (always predicting the most frequent training
+        label), ``n_classes``, ``n_train``, ``n_validation``, ``n_test``; with ``n_boot`` also ``ci_low,
+        ci_high, control_ci_low, control_ci_high, selectivity_ci_low, selectivity_ci_high, n_boot``.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = np.arange(300) % 3
+        >>> x = torch.randn(300, 4, generator=g) + 3 * torch.eye(4)[y]
+        >>> (row,) = probe_layers({1: x[:200]}, y[:200], {1: x[200:]}, y[200:], n_boot=200)
+        >>> row["accuracy"] > 0.9, row["control_accuracy"] < 0.6, row["ci_low"] <= row["accuracy"]
+        (True, True, True)
+    """
+    if n_boot is not None:
+        check_interval_options(n_boot, level)  # before anything is fitted
+    result = fit_probes(train_reps, train_labels, test_reps, test_labels, **options)
+    return result.rows(n_boot=n_boot, level=level, seed=int(options.get("seed", 0)))
+
+
+def fit_probes(
     train_reps: LayerReps,
     train_labels: Labels | None,
     test_reps: LayerReps,
@@ -591,19 +843,20 @@ def probe_layers(
     validation_fraction: float = 0.2,
     control: bool = True,
     word_types: tuple[Sequence[Hashable], Sequence[Hashable]] | None = None,
+    test_groups: Sequence[Hashable] | np.ndarray | Tensor | None = None,
     l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
     max_iter: int = 100,
     tol: float = 1e-4,
     device: str | torch.device | None = None,
     seed: int = 0,
-) -> list[dict[str, Any]]:
-    """Probe every layer, with a control task, and return one tidy row per layer.
+) -> ProbeResult:
+    """Probe every layer, with a control task, and keep the probes and their test predictions.
 
     The regularisation strength is chosen on validation rows: ``validation`` if given, else a
     ``validation_fraction`` of the training rows (whole examples when ``train_reps`` is a token-level
     Representations, so the words of one sentence stay on one side). Probes are refitted on the control
     labels (:func:`control_labels`, per word type when ``word_types`` is given, else per row) with the same
-    procedure, and both are scored on the test rows.
+    procedure, and both predict the test rows.
 
     It is long (about 90 lines, a third of them input checks) because the train, validation and test row
     sets and their control labels must be cut from one draw, so a word type keeps one control label
@@ -618,26 +871,17 @@ def probe_layers(
         control: also fit control probes and report selectivity.
         word_types: ``(train_words, test_words)``, the word string of each row, for token-level control
             tasks; required for ``pooling="tokens"`` representations when ``control`` is on.
+        test_groups: (n_test,) the sentence of each test row, the unit the intervals resample; default:
+            ``test_reps.example_index`` for token-level Representations, else each row its own.
         l2_grid, max_iter, tol, device: passed to :class:`LayerProbes`.
         seed: seeds the validation split and the control labels.
 
     Returns:
-        One dict per layer: ``layer``, ``accuracy`` (test), ``control_accuracy``, ``selectivity``
-        (accuracy - control accuracy; NaN without control), ``l2``, ``control_l2``,
-        ``validation_accuracy``, ``majority_accuracy`` (always predicting the most frequent training
-        label), ``n_classes``, ``n_train``, ``n_validation``, ``n_test``.
+        :class:`ProbeResult`; its :meth:`~ProbeResult.rows` are :func:`probe_layers`' rows.
 
     Raises:
         DataError: misaligned labels, a single class, or an empty split.
         InputError: token-level control without ``word_types``, or a bad ``validation_fraction``.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> y = np.arange(300) % 3
-        >>> x = torch.randn(300, 4, generator=g) + 3 * torch.eye(4)[y]
-        >>> (row,) = probe_layers({1: x[:200]}, y[:200], {1: x[200:]}, y[200:])
-        >>> row["accuracy"] > 0.9, row["control_accuracy"] < 0.6
-        (True, True)
     """
     train_layers = _layers_of(train_reps, "train_reps")
     n_train_all = next(iter(train_layers.values())).shape[0]
@@ -645,6 +889,7 @@ def probe_layers(
     test_layers = _layers_of(test_reps, "test_reps")
     n_test = next(iter(test_layers.values())).shape[0]
     y_test = row_labels(_default_labels(test_reps, test_labels), n_test, "test")
+    groups_test = _test_groups(test_reps, test_groups, n_test)
     tokens = isinstance(train_reps, Representations) and train_reps.pooling == "tokens"
     if control and tokens and word_types is None:
         raise InputError(
@@ -681,12 +926,13 @@ def probe_layers(
 
     options = {"l2_grid": l2_grid, "max_iter": max_iter, "tol": tol, "device": device, "seed": seed}
     probes = LayerProbes(**options).fit(fit_layers, y_fit, val_layers, y_val)  # type: ignore[arg-type]
-    accuracy = probes.score(test_layers, y_test)
+    predicted = probes.predict(test_layers)
     values, counts = np.unique(y_fit, return_counts=True)
     majority = float(np.mean(y_test == values[counts.argmax()]))
 
-    control_accuracy: dict[int, float] = {}
-    control_l2: dict[int, float] = {}
+    control_probes: LayerProbes | None = None
+    fake_test: np.ndarray | None = None
+    control_predicted: dict[int, np.ndarray] = {}
     if control:
         # one draw over train (+ validation) + test rows, so a word type keeps its label across splits
         n_val_explicit = 0 if val_rows is not None else len(y_val)
@@ -703,30 +949,34 @@ def probe_layers(
         control_probes = LayerProbes(**options).fit(  # type: ignore[arg-type]
             fit_layers, fake_fit, val_layers, fake_val
         )
-        control_accuracy = control_probes.score(test_layers, fake_test)
-        control_l2 = control_probes.l2_
+        control_predicted = control_probes.predict(test_layers)
 
-    rows = []
-    for layer in probes.layers_:
-        acc = accuracy[layer]
-        ctrl = control_accuracy.get(layer, math.nan)
-        rows.append(
-            {
-                "layer": layer,
-                "accuracy": acc,
-                "control_accuracy": ctrl,
-                "selectivity": acc - ctrl,
-                "l2": probes.l2_[layer],
-                "control_l2": control_l2.get(layer, math.nan),
-                "validation_accuracy": probes.validation_accuracy_[layer][probes.l2_[layer]],
-                "majority_accuracy": majority,
-                "n_classes": len(probes.classes_),
-                "n_train": len(y_fit),
-                "n_validation": len(y_val),
-                "n_test": n_test,
-            }
-        )
-    return rows
+    # every label as a code into one sorted array, so predictions and labels compare as integers
+    classes = np.unique(np.concatenate([y_train_all, y_val, y_test]))
+    return ProbeResult(
+        probes=probes,
+        control_probes=control_probes,
+        classes=classes,
+        labels=_codes_of(y_test, classes),
+        predictions={layer: _codes_of(pred, classes) for layer, pred in predicted.items()},
+        control_labels=None if fake_test is None else _codes_of(fake_test, classes),
+        control_predictions={layer: _codes_of(pred, classes) for layer, pred in control_predicted.items()},
+        groups=groups_test,
+        majority_accuracy=majority,
+        n_train=len(y_fit),
+        n_validation=len(y_val),
+    )
+
+
+def _test_groups(test_reps: LayerReps, given: Any, n_test: int) -> np.ndarray:
+    """(n_test,) int64 sentence ids ``0..n_sentences - 1`` of the test rows (see ``test_groups``)."""
+    if given is None and isinstance(test_reps, Representations) and test_reps.example_index is not None:
+        given = test_reps.example_index
+    if given is None:
+        return np.arange(n_test, dtype=np.int64)
+    ids = row_labels(given, n_test, "test_groups")
+    _, codes = np.unique(ids, return_inverse=True)
+    return codes.astype(np.int64).reshape(-1)
 
 
 def _split_rows(

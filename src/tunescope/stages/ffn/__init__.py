@@ -18,13 +18,19 @@ and task:
    ``ffn_removed`` is the pre-trained model with those FFNs removed
    (:func:`tunescope.surgery.remove_ffn`), fine-tuned the same way from the same seeded head into
    ``RUN/models/ffn-removed`` (the removal is recorded in its config, so it loads back without them).
-3. **Evaluate both** on the analysis split with :func:`tunescope.inference.evaluate`, as the
-   ``truncation`` and ``ablation`` stages do, so the three tables compare.
+3. **Evaluate both** on the analysis split: :func:`tunescope.inference.predictions` keeps what each
+   model predicted, scored with the task's metric as :func:`tunescope.inference.evaluate` scores it (as
+   the ``truncation`` and ``ablation`` stages do, so the three tables compare). Each arm's metric gets a
+   percentile bootstrap interval over the analysis examples, and ``delta`` (arm - full) a *paired* one:
+   both models scored on the same resampled examples (``--n-boot`` resamples at ``--confidence``;
+   :mod:`tunescope.intervals`). The intervals resample stored predictions: no model runs again.
 
 Writes ``ffn_cka.csv`` (``layer, cka, chosen``) and ``ffn.csv`` (``model, ffn_removed_layers, metric,
-value, params, trainable_params, train_seconds``; ``train_seconds`` is training alone, evaluation
-excluded). With ``--no-finetune`` only ``ffn_cka.csv`` is written. ALBERT shares one FFN across its
-layers: it can only be removed everywhere (``--ffn.layers 1,...,L``), so nothing is chosen by default.
+value, ci_low, ci_high, n_boot, delta, delta_ci_low, delta_ci_high, params, trainable_params,
+train_seconds``; ``train_seconds`` is training alone, evaluation excluded; the full arm's ``delta`` is
+its difference from itself, exactly 0). With ``--no-finetune`` only ``ffn_cka.csv`` is written. ALBERT
+shares one FFN across its layers: it can only be removed everywhere (``--ffn.layers 1,...,L``), so
+nothing is chosen by default.
 """
 
 from __future__ import annotations
@@ -40,11 +46,26 @@ from tunescope.pipeline import RunContext, Stage, Table
 
 if TYPE_CHECKING:
     from tunescope.finetune import FinetuneResult
+    from tunescope.inference import Predictions
     from tunescope.models import Encoder
 
 __all__ = ["COLUMNS", "CKA_COLUMNS", "check_ffn_layers", "choose_ffn_layers", "default_count", "ffn_cka"]
 
-COLUMNS = ("model", "ffn_removed_layers", "metric", "value", "params", "trainable_params", "train_seconds")
+COLUMNS = (
+    "model",
+    "ffn_removed_layers",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_boot",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "params",
+    "trainable_params",
+    "train_seconds",
+)
 CKA_COLUMNS = ("layer", "cka", "chosen")
 
 
@@ -55,25 +76,44 @@ def _start_model(ctx: RunContext) -> Encoder:
     return fresh_classifier(ctx.config.model, ctx.task, ctx.config.seed)
 
 
+def _predictions(ctx: RunContext, model: Encoder) -> Predictions:
+    """What ``model`` predicts for the analysis examples (run once; every interval resamples these)."""
+    from tunescope.inference import predictions
+
+    return predictions(
+        model, ctx.examples(), batch_size=ctx.config.batch_size, max_length=ctx.config.max_length or 128
+    )
+
+
 def _row(
-    ctx: RunContext, name: str, layers: list[int], model: Encoder, result: FinetuneResult
+    ctx: RunContext,
+    name: str,
+    layers: list[int],
+    model: Encoder,
+    result: FinetuneResult,
+    found: Predictions,
+    full: Predictions | None,
 ) -> dict[str, Any]:
-    from tunescope.inference import evaluate
+    """One ``ffn.csv`` row: the arm's metric with its interval, and its paired difference from ``full``
+    (``None``: this is the full arm, whose difference from itself is exactly 0, not resampled)."""
+    from tunescope.intervals import Interval
     from tunescope.surgery import count_parameters
 
-    task = ctx.task
-    scores = evaluate(
-        model,
-        ctx.examples(),
-        task=task,
-        batch_size=ctx.config.batch_size,
-        max_length=ctx.config.max_length or 128,
-    )
+    config, metric = ctx.config, ctx.task.metric
+    options: dict[str, Any] = {"n_boot": config.n_boot, "level": config.confidence, "seed": config.seed}
+    value = found.interval(metric, **options)
+    delta = Interval(0.0, 0.0, 0.0, config.confidence, config.n_boot)
+    if full is not None:
+        delta = full.difference(found, metric, **options)
     return {
         "model": name,
         "ffn_removed_layers": format_layers(layers),
-        "metric": task.metric,
-        "value": float(scores[task.metric]),
+        "metric": metric,
+        "value": value.value,
+        **value.columns(),
+        "delta": delta.value,
+        "delta_ci_low": delta.low,
+        "delta_ci_high": delta.high,
         "params": count_parameters(model),
         "trainable_params": result.trainable_parameters,
         "train_seconds": result.train_seconds,
@@ -141,13 +181,15 @@ def run(ctx: RunContext) -> list[Table]:
     else:
         full = ctx.train("full")
         full_model = load_classifier(full.path, device=device)
-    result_rows = [_row(ctx, "full", [], full_model, full)]
+    full_found = _predictions(ctx, full_model)
+    result_rows = [_row(ctx, "full", [], full_model, full, full_found, None)]
     del full_model
     start = remove_ffn(_start_model(ctx), layers)
     removed = ctx.train("ffn-removed", model=start)
     del start
     removed_model = load_classifier(removed.path, device=device)
-    result_rows.append(_row(ctx, "ffn_removed", layers, removed_model, removed))
+    found = _predictions(ctx, removed_model)
+    result_rows.append(_row(ctx, "ffn_removed", layers, removed_model, removed, found, full_found))
     return [*tables, Table("ffn", COLUMNS, result_rows)]
 
 

@@ -17,6 +17,12 @@ one side, at most :data:`MAX_TRAIN_WORDS` and :data:`MAX_TEST_WORDS` words), eve
 :func:`tunescope.probing.probe_layers` (regularisation chosen on held-out training sentences, a control
 task per word type; Hewitt & Liang 2019), and ``probes.csv`` gets one row per (model, layer, label set).
 
+Every accuracy, control accuracy and selectivity comes with a percentile bootstrap interval over the test
+sentences (``ci_low``/``ci_high``, ``control_ci_*``, ``selectivity_ci_*``; ``--n-boot`` resamples at
+``--confidence``), from the probes' stored test predictions: nothing is refitted. The tuned model's rows
+also carry ``delta = accuracy(tuned) - accuracy(base)`` at the same layer with its paired interval
+(``delta_ci_low``/``delta_ci_high``: both models' probes scored on the same resampled sentences).
+
 Without spaCy (or its English model) and without ``--conllu``, a note says how to install it and the
 stage probes the task's own labels at sentence level instead (control: a permutation of the labels), so
 the section still shows something.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +49,7 @@ from tunescope.pipeline import RunContext, Stage, Table
 if TYPE_CHECKING:
     from tunescope.data.tokens import TokenExamples
     from tunescope.extract import Representations
+    from tunescope.probing import ProbeResult
 
 __all__ = [
     "COLUMNS",
@@ -57,8 +65,18 @@ COLUMNS = (
     "layer",
     "probe_task",
     "accuracy",
+    "ci_low",
+    "ci_high",
     "control_accuracy",
+    "control_ci_low",
+    "control_ci_high",
     "selectivity",
+    "selectivity_ci_low",
+    "selectivity_ci_high",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+    "n_boot",
     "majority_accuracy",
     "silver",
     "n_train",
@@ -165,15 +183,38 @@ def run(ctx: RunContext) -> list[Table]:
         train_ids, test_ids = split_sentences([len(w) for w in examples.words], seed=config.seed)
         train, test = examples.subset(train_ids.tolist()), examples.subset(test_ids.tolist())
         _note_cap(ctx, examples, train, test)
+        results: dict[str, ProbeResult] = {}
         for model in ctx.model_names():
             sides = [_labelled(ctx, model, part, reps_memo) for part in (train, test)]
             (train_reps, train_words), (test_reps, test_words) = sides
-            found = _probe(ctx, train_reps, test_reps, word_types=(train_words, test_words))
-            rows += [
-                {**row, "model": model, "probe_task": label_set.name, "silver": label_set.silver}
-                for row in found
-            ]
+            results[model] = _probe(ctx, train_reps, test_reps, word_types=(train_words, test_words))
+        rows += _rows(ctx, results, label_set.name, label_set.silver)
     return [Table("probes", COLUMNS, rows)]
+
+
+def _rows(ctx: RunContext, results: dict[str, ProbeResult], task: str, silver: bool) -> list[dict[str, Any]]:
+    """``probes.csv`` rows of one label set: each model's layers with their intervals, and for the
+    second model the paired difference from the first at each layer (``delta``, Merchant et al.)."""
+    config = ctx.config
+    options: dict[str, Any] = {"n_boot": config.n_boot, "level": config.confidence, "seed": config.seed}
+    rows: list[dict[str, Any]] = []
+    names = list(results)
+    for model, result in results.items():
+        reference = results[names[0]] if model != names[0] else None
+        comparable = reference is not None and reference.same_rows(result)
+        if reference is not None and not comparable:
+            ctx.note(
+                f"probes: {names[0]} and {model} were tested on different words for {task} (their "
+                "tokenizers cut the sentences differently), so their accuracies are not compared pairwise."
+            )
+        for row in result.rows(**options):
+            layer = row["layer"]
+            delta = {"delta": math.nan, "delta_ci_low": math.nan, "delta_ci_high": math.nan}
+            if comparable and reference is not None and layer in reference.predictions:
+                diff = reference.difference(result, layer, **options)
+                delta = {"delta": diff.value, "delta_ci_low": diff.low, "delta_ci_high": diff.high}
+            rows.append({**row, **delta, "model": model, "probe_task": task, "silver": silver})
+    return rows
 
 
 def _label_sets(ctx: RunContext, fields: tuple[str, ...]) -> list[_LabelSet]:
@@ -248,11 +289,11 @@ def _probe(
     *,
     word_types: tuple[list[str], list[str]] | None = None,
     labels: tuple[np.ndarray, np.ndarray] | None = None,
-) -> list[dict[str, Any]]:
-    from tunescope.probing import probe_layers
+) -> ProbeResult:
+    from tunescope.probing import fit_probes
 
     y_train, y_test = labels if labels is not None else (None, None)
-    return probe_layers(
+    return fit_probes(
         train, y_train, test, y_test, word_types=word_types, device=ctx.device, seed=ctx.config.seed
     )
 
@@ -278,16 +319,15 @@ def _sentence_fallback(ctx: RunContext, fields: tuple[str, ...]) -> list[Table]:
     names = np.asarray(task.label_names or ())
     labels = names[examples.labels] if len(names) else examples.labels
     train_ids, test_ids = split_sentences([1] * len(examples), seed=ctx.config.seed)
-    rows: list[dict[str, Any]] = []
+    results: dict[str, ProbeResult] = {}
     for model in ctx.model_names():
         reps = ctx.representations(model)
         sides = [
             {layer: reps[layer][torch.from_numpy(ids)] for layer in reps.layers}
             for ids in (train_ids, test_ids)
         ]
-        found = _probe(ctx, sides[0], sides[1], labels=(labels[train_ids], labels[test_ids]))
-        rows += [{**row, "model": model, "probe_task": task.name, "silver": False} for row in found]
-    return [Table("probes", COLUMNS, rows)]
+        results[model] = _probe(ctx, sides[0], sides[1], labels=(labels[train_ids], labels[test_ids]))
+    return [Table("probes", COLUMNS, _rows(ctx, results, task.name, False))]
 
 
 def check(ctx: RunContext) -> None:

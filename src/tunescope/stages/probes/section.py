@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
 from tunescope.report._section import Section
+from tunescope.report.claims import Difference, interval_text, verdict
 from tunescope.report.figures import plot_layer_curves
 
 #: probe task -> what it decodes, for sentences and figure titles
@@ -26,8 +28,19 @@ _INFORMATION: dict[str, str] = {
     "dep": "syntactic (dependency)",
     "deprel": "syntactic (dependency)",
 }
-#: a best-layer accuracy at most this far below the base model's counts as kept
+#: a loss of at most this many points of probe accuracy counts as kept (Merchant et al.'s "does not forget")
 KEPT_POINTS = 2.0
+#: the probes.csv columns the section reads, per (probe task, model) and layer
+_COLUMNS = (
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "control_accuracy",
+    "majority_accuracy",
+    "delta",
+    "delta_ci_low",
+    "delta_ci_high",
+)
 
 Curve = tuple[list[int], list[float]]
 
@@ -39,8 +52,15 @@ def _what(task: str, silver: bool) -> str:
     return f"{'silver' if silver else 'gold'} {name}"
 
 
+def _float(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
 def _curves(rows: list[dict[str, str]]) -> dict[str, dict[str, dict[str, Curve]]]:
-    """probe task -> model -> column -> (layers, values), layers ascending."""
+    """probe task -> model -> column -> (layers, values), layers ascending (NaN for an empty cell)."""
     grouped: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
     for row in rows:
         grouped[(row["probe_task"], row["model"])].append(row)
@@ -48,38 +68,70 @@ def _curves(rows: list[dict[str, str]]) -> dict[str, dict[str, dict[str, Curve]]
     for (task, model), group in grouped.items():
         group.sort(key=lambda r: int(r["layer"]))
         layers = [int(r["layer"]) for r in group]
-        out[task][model] = {
-            column: (layers, [float(r[column]) for r in group])
-            for column in ("accuracy", "control_accuracy", "majority_accuracy")
-        }
+        out[task][model] = {column: (layers, [_float(r.get(column)) for r in group]) for column in _COLUMNS}
     return out
+
+
+def merchant_verdict(low: float, high: float) -> bool | None:
+    """Does a per-layer change in probe accuracy (tuned - base, interval ``[low, high]``) keep the
+    information, as Merchant et al. (2020) found?
+
+    True when every change the interval allows is a loss of at most :data:`KEPT_POINTS` (or a gain),
+    False when the whole interval is a larger loss, None (cannot tell) when it straddles that bound or is
+    undefined.
+    """
+    if math.isnan(low) or math.isnan(high):
+        return None
+    tolerance = KEPT_POINTS / 100
+    if low >= -tolerance:
+        return True
+    if high < -tolerance:
+        return False
+    return None
+
+
+def _value(curve: dict[str, Curve], column: str, layer: int) -> float:
+    layers, values = curve[column]
+    return values[layers.index(layer)]
 
 
 def _sentence(task: str, what: str, models: dict[str, dict[str, Curve]]) -> str:
     names = list(models)
-    first = models[names[0]]["accuracy"]
-    best_first = max(first[1])
+    first = models[names[0]]
+    layers, accuracy = first["accuracy"]
+    best = layers[accuracy.index(max(accuracy))]
+    bounds = interval_text(_value(first, "ci_low", best), _value(first, "ci_high", best), digits=2)
+    best_text = f"{_value(first, 'accuracy', best):.2f}{' ' + bounds if bounds else ''}"
     if len(names) == 1:
-        layer = first[0][first[1].index(best_first)]
-        control = models[names[0]]["control_accuracy"][1][first[1].index(best_first)]
         return (
-            f"The {names[0]} model decodes {what} best at layer {layer} ({best_first:.2f}; control task "
-            f"{control:.2f})."
+            f"The {names[0]} model decodes {what} best at layer {best} ({best_text}; control task "
+            f"{_value(first, 'control_accuracy', best):.2f})."
         )
-    second = models[names[1]]["accuracy"]
-    best_second = max(second[1])
-    shared = [x for x in first[0] if x in second[0]]
-    drops = {x: first[1][first[0].index(x)] - second[1][second[0].index(x)] for x in shared}
-    worst = max(drops, key=lambda x: drops[x])
+    second = models[names[1]]
     information = _INFORMATION.get(task, "label")
-    verdict = "kept" if 100 * (best_first - best_second) <= KEPT_POINTS else "lost some of the"
+    if best not in second["delta"][0]:
+        return f"The {names[1]} model was not probed at layer {best}, where {names[0]} decodes {what} best."
+    change = Difference(*(_value(second, c, best) for c in ("delta", "delta_ci_low", "delta_ci_high")))
+    agrees = merchant_verdict(change.low, change.high)
     sentence = (
-        f"Fine-tuning {verdict} {information} information: the {names[1]} model's best layer decodes {what} "
-        f"at {best_second:.2f} vs {best_first:.2f} before"
+        f"Merchant et al. (2020) found that fine-tuning keeps {information} information; {verdict(agrees)}"
+        f" (a loss of at most {KEPT_POINTS:g} points counts as kept): at layer {best}, where {names[0]} "
+        f"decodes {what} best ({best_text}), the {names[1]} model's probe "
+        f"{change.words(loss='loses', gain='gains')}"
     )
-    if drops[worst] > 0:
-        return sentence + f"; the largest drop is at layer {worst} (−{100 * drops[worst]:.1f} points)."
-    return sentence + "; no layer decodes it less well than before."
+    if agrees is None and math.isnan(change.low):
+        sentence += " (the two models were not tested on the same words)"
+    drops = {
+        layer: Difference(*(_value(second, c, layer) for c in ("delta", "delta_ci_low", "delta_ci_high")))
+        for layer in second["delta"][0]
+    }
+    losses = {layer: d for layer, d in drops.items() if d.loss}
+    if losses:
+        worst = min(losses, key=lambda layer: losses[layer].value)
+        return sentence + f"; the largest measurable drop is at layer {worst} ({losses[worst].words()})."
+    if any(not math.isnan(d.low) for d in drops.values()):
+        return sentence + "; no layer decodes it measurably less well than before."
+    return sentence + "."
 
 
 def build(sec: Section) -> dict[str, Any] | None:
@@ -99,9 +151,12 @@ def build(sec: Section) -> dict[str, Any] | None:
         for line, curves in zip(list(ax.get_lines()), models.values(), strict=True):
             layers, values = curves["control_accuracy"]
             ax.plot(layers, values, linestyle="--", color=line.get_color(), alpha=0.8)
+            (_, low), (_, high) = curves["ci_low"], curves["ci_high"]
+            ax.fill_between(layers, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         majority = next(iter(models.values()))["majority_accuracy"][1][0]
         ax.axhline(majority, color="grey", linestyle=":", linewidth=1, label="majority class")
         ax.legend(fontsize=8)
         figures.append(sec.figure(f"probes_{task}", fig))
         sentences.append(_sentence(task, what, models))
-    return {"figures": figures, "sentences": sentences}
+    level = sec.manifest.get("config", {}).get("confidence", 0.95)
+    return {"figures": figures, "sentences": sentences, "level": f"{100 * float(level):g}%"}
