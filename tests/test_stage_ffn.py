@@ -52,7 +52,7 @@ def run(tmp_path_factory):
 def test_each_arm_has_its_interval_and_a_paired_difference_from_full(run):
     root, config = run
     full, removed = read_csv(root / "results" / "ffn.csv")
-    assert tuple(full) == COLUMNS
+    assert tuple(full) == ("seed", *COLUMNS)
     examples = get_task("movie-sentiment").load("validation", limit=LIMIT)
     options = {"n_boot": 400, "level": 0.9, "seed": 3}
     found = {}

@@ -159,7 +159,7 @@ def test_ffn_removed_model_is_trained_saved_and_evaluated(run, examples):
     root, _ = run
     best = next(int(r["layer"]) for r in read_csv(root / "results" / "ffn_cka.csv") if r["chosen"] == "True")
     rows = read_csv(root / "results" / "ffn.csv")
-    assert tuple(rows[0]) == FFN_COLUMNS  # intervals: tests/test_stage_ffn.py
+    assert tuple(rows[0]) == ("seed", *FFN_COLUMNS)  # intervals: tests/test_stage_ffn.py
     full, removed = rows
     assert (full["model"], full["ffn_removed_layers"]) == ("full", "")
     assert (removed["model"], removed["ffn_removed_layers"]) == ("ffn_removed", str(best))

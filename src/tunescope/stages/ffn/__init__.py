@@ -190,7 +190,7 @@ def run(ctx: RunContext) -> list[Table]:
     removed_model = load_classifier(removed.path, device=device)
     found = _predictions(ctx, removed_model)
     result_rows.append(_row(ctx, "ffn_removed", layers, removed_model, removed, found, full_found))
-    return [*tables, Table("ffn", COLUMNS, result_rows)]
+    return [*tables, Table("ffn", COLUMNS, result_rows, key=("model",))]
 
 
 def check(ctx: RunContext) -> None:
@@ -204,6 +204,7 @@ def check(ctx: RunContext) -> None:
 STAGE = Stage(
     check=check,
     options=FFNOptions,
+    seeded=True,
     name="ffn",
     title="Fine-tuning without some FFN sublayers",
     run=run,
