@@ -68,7 +68,10 @@ class AnalyzeConfig:
         split: which split of the task the representations are computed on.
         limit: at most this many examples of that split (None = all).
         pooling: sentence pooling for the representation analyses (``cls``, ``mean`` or ``mean_no_special``;
-            see :data:`tunescope.extract.POOLINGS`).
+            see :data:`tunescope.extract.POOLINGS`), or several separated by commas (``"cls,mean"``): the
+            representational stages (``layers``, ``similarity``, ``domains``) then run once per pooling,
+            their tables gain a ``pooling`` column, and the report says where the conclusions differ. The
+            first is the pooling the rest of the report describes.
         batch_size: examples per forward pass.
         max_length: truncate inputs to this many tokens.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -131,8 +134,13 @@ class AnalyzeConfig:
             raise InputError(f"max_length must be at least 2 or None, got {self.max_length!r}")
         from tunescope.extract import SENTENCE_POOLINGS
 
-        if self.pooling not in SENTENCE_POOLINGS:
-            raise UnknownNameError("sentence pooling", self.pooling, SENTENCE_POOLINGS, hint="fix --pooling")
+        names = [p.strip() for p in str(self.pooling).split(",") if p.strip()]
+        if not names or len(set(names)) != len(names):
+            raise InputError(f"--pooling takes distinct pooling names such as cls,mean; got {self.pooling!r}")
+        for name in names:
+            if name not in SENTENCE_POOLINGS:
+                raise UnknownNameError("sentence pooling", name, SENTENCE_POOLINGS, hint="fix --pooling")
+        object.__setattr__(self, "pooling", ",".join(names))
         if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
             raise InputError(f"labels must name the two models differently, got {self.labels!r}")
         resolve_device(self.device)
@@ -152,6 +160,11 @@ class AnalyzeConfig:
                     f"truncation, ablation and heads; use at most {MAX_SEEDS} (3 to 5 show the spread)"
                 )
         object.__setattr__(self, "options", _stage_options(self.options))
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        """The sentence poolings of ``pooling`` (the first is the report's main one)."""
+        return tuple(self.pooling.split(","))
 
     @property
     def fit_seeds(self) -> tuple[int, ...]:
@@ -256,6 +269,9 @@ class Stage:
     seeded: bool = False
     """The stage fine-tunes, or evaluates a fine-tuned model: it runs once per seed of ``--seeds`` and
     its tables gain a ``seed`` column (:mod:`tunescope.seeds`)."""
+    pooled: bool = False
+    """The stage analyses sentence representations: it runs once per pooling of ``--pooling`` and its
+    tables gain a ``pooling`` column."""
 
     def fewest_examples(self, config: AnalyzeConfig) -> int:
         """:attr:`min_examples` under ``config``."""
@@ -319,6 +335,15 @@ class RunContext:
         self.training = RunTraining(config, self.models_dir, self.device, progress=progress)
         self.models = RunModels(config, self.device, self.training)
         self._seeds: dict[int, RunContext] = {}
+
+    def for_pooling(self, pooling: str) -> RunContext:
+        """This run with ``pooling`` as its sentence pooling (the same models, examples and caches)."""
+        if pooling == self.config.pooling:
+            return self
+        view = RunContext.__new__(RunContext)
+        view.__dict__.update(self.__dict__)
+        view.config = dataclasses.replace(self.config, pooling=pooling)
+        return view
 
     def for_seed(self, seed: int) -> RunContext:
         """This run as fine-tuned with ``seed``: the same data and pre-trained model, its own tuned models.
@@ -612,13 +637,16 @@ def analyze(config: AnalyzeConfig | None = None, *, progress: bool = True, repor
 
 
 def _run_stage(stage: Stage, ctx: RunContext) -> list[Table]:
-    """The stage's tables; a seeded stage runs once per fine-tuning seed, its tables merged."""
-    if not stage.seeded:
-        return list(stage.run(ctx))
-    from tunescope.seeds import combine
+    """The stage's tables; a seeded stage runs once per fine-tuning seed and a pooled one once per
+    sentence pooling, their tables stacked with a ``seed`` or ``pooling`` column."""
+    from tunescope.seeds import combine, stack
 
-    per_seed = [(seed, stage.run(ctx.for_seed(seed))) for seed in ctx.config.fit_seeds]
-    return combine(per_seed, level=ctx.config.confidence)
+    if stage.pooled:
+        return stack("pooling", [(p, stage.run(ctx.for_pooling(p))) for p in ctx.config.poolings])
+    if stage.seeded:
+        per_seed = [(seed, stage.run(ctx.for_seed(seed))) for seed in ctx.config.fit_seeds]
+        return combine(per_seed, level=ctx.config.confidence)
+    return list(stage.run(ctx))
 
 
 def load_table(run_dir: str | Path, name: str) -> list[dict[str, str]]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tunescope.pipeline import Table
 
-__all__ = ["MEASURED", "SEED_COLUMNS", "combine"]
+__all__ = ["MEASURED", "SEED_COLUMNS", "combine", "stack"]
 
 MEASURED = ("value", "delta")
 """The columns whose spread across seeds is summarised (those a table has)."""
@@ -46,21 +46,29 @@ def combine(per_seed: Sequence[tuple[int, Sequence[Table]]], *, level: float = 0
         >>> [r["seed"] for r in merged.rows], round(spread.rows[0]["mean"], 3), spread.rows[0]["n_seeds"]
         ([0, 1], 0.85, 2)
     """
+    merged = stack("seed", per_seed)
+    if len(per_seed) > 1:
+        merged += [_spread(t, level) for t in list(merged) if t.key]
+    return merged
+
+
+def stack(column: str, parts: Sequence[tuple[Any, Sequence[Table]]]) -> list[Table]:
+    """Each table once, the rows of every part with ``column`` (the part's value) as the first column.
+
+    Also serves the sentence poolings of a pooled stage (``column="pooling"``).
+    """
     from tunescope.pipeline import Table
 
     merged: dict[str, Table] = {}
-    for seed, tables in per_seed:
+    for value, tables in parts:
         for table in tables:
-            rows = [{"seed": seed, **row} for row in table.rows]
+            rows = [{column: value, **row} for row in table.rows]
             if table.name not in merged:
-                columns = ("seed", *[c for c in table.columns if c != "seed"])
+                columns = (column, *[c for c in table.columns if c != column])
                 merged[table.name] = Table(table.name, columns, rows, key=table.key)
             else:
                 merged[table.name].rows.extend(rows)
-    out = list(merged.values())
-    if len(per_seed) > 1:
-        out += [_spread(t, level) for t in merged.values() if t.key]
-    return out
+    return list(merged.values())
 
 
 def _spread(table: Table, level: float) -> Table:

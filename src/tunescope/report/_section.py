@@ -26,21 +26,28 @@ class Section:
         """The coverage of the run's intervals (``confidence`` in the manifest's config; 0.95 if absent)."""
         return float(self.manifest.get("config", {}).get("confidence", 0.95))
 
-    def table(self, name: str, *, all_seeds: bool = False) -> list[dict[str, str]]:
+    def table(
+        self, name: str, *, all_seeds: bool = False, all_poolings: bool = False
+    ) -> list[dict[str, str]]:
         """Rows of ``RUN/results/<name>.csv`` as strings, if the manifest vouches for the table (else empty).
 
         A table of a stage that ran once per fine-tuning seed (``seed`` column) gives the rows of the
         run's own seed (the model the other sections describe), unless ``all_seeds``; the spread across
-        seeds is in ``<name>_seeds``.
+        seeds is in ``<name>_seeds``. Likewise a table with a ``pooling`` column gives the rows of the
+        run's first pooling, unless ``all_poolings``.
 
         Raises:
             RunFolderError: the table is damaged (its bytes differ from the hash in the manifest).
         """
         rows = runfolder.load_table(self.root, name, self.manifest)
-        if all_seeds or not rows or "seed" not in rows[0]:
-            return rows
-        own = str(self.manifest.get("config", {}).get("seed", rows[0]["seed"]))
-        return [row for row in rows if row["seed"] == own]
+        config = self.manifest.get("config", {})
+        if not all_seeds and len({row.get("seed") for row in rows}) > 1:
+            own = str(config.get("seed", rows[0]["seed"]))
+            rows = [row for row in rows if row["seed"] == own]
+        if not all_poolings and len({row.get("pooling") for row in rows}) > 1:
+            first = str(config.get("pooling", rows[0]["pooling"])).split(",")[0]
+            rows = [row for row in rows if row["pooling"] == first]
+        return rows
 
     def figure(self, name: str, fig: Figure) -> dict[str, str]:
         """Keep ``fig`` for ``figures/<name>.png`` and return it inlined for the HTML."""

@@ -211,6 +211,7 @@ def _min_examples(config: Any) -> int:
 
 
 STAGE = Stage(
+    pooled=True,
     check=check,
     options=DomainsOptions,
     min_examples=_min_examples,

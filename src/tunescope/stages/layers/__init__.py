@@ -29,6 +29,7 @@ def run(ctx: RunContext) -> list[Table]:
 
 
 STAGE = Stage(
+    pooled=True,
     name="layers",
     title="Layers at a glance",
     run=run,

@@ -244,6 +244,7 @@ def min_examples(config: AnalyzeConfig) -> int:
 
 
 STAGE = Stage(
+    pooled=True,
     options=SimilarityOptions,
     min_examples=min_examples,
     name="similarity",

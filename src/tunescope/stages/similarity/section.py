@@ -84,6 +84,41 @@ def _paper_sentence(block_rows: dict[tuple[str, str], dict[str, str]], tuned: st
     )
 
 
+def pooling_sentences(rows: list[dict[str, str]]) -> list[str]:
+    """Where the block conclusions differ between sentence poolings (rows of every pooling of blocks.csv).
+
+    One sentence per (model, measure) whose blocks, or whose significance, differ between poolings;
+    one sentence saying the poolings agree when none differ.
+    """
+    poolings = list(dict.fromkeys(r["pooling"] for r in rows if r.get("pooling")))
+    if len(poolings) < 2:
+        return []
+    found: dict[tuple[str, str], dict[str, tuple[str, bool]]] = defaultdict(dict)
+    for model, measure in dict.fromkeys((r["model"], r["measure"]) for r in rows):
+        for pooling in poolings:
+            mine = [r for r in rows if (r["model"], r["measure"], r["pooling"]) == (model, measure, pooling)]
+            if mine:
+                spans = " / ".join(
+                    format_layers(range(int(r["first_layer"]), int(r["last_layer"]) + 1)) for r in mine
+                )
+                found[model, measure][pooling] = (spans, mine[0]["significant"] == "True")
+    sentences = []
+    for (model, measure), by in found.items():
+        if len(set(by.values())) > 1:
+            parts = [
+                f"under {p} pooling {spans}{'' if significant else ' (not beyond a smooth decay)'}"
+                for p, (spans, significant) in by.items()
+            ]
+            sentences.append(
+                f"The pooling changes the conclusion for {model} ({measure_label(measure)}): the blocks are "
+                + "; ".join(parts)
+                + "."
+            )
+    if not sentences:
+        sentences.append(f"The {' and '.join(poolings)} poolings find the same blocks in every model.")
+    return sentences
+
+
 def build(sec: Section) -> dict[str, Any] | None:
     cka, rsa = sec.table("cka"), sec.table("rsa")
     if not cka and not rsa:
@@ -149,6 +184,7 @@ def build(sec: Section) -> dict[str, Any] | None:
         figures.insert(0, sec.figure("same_layer_similarity", fig))
     if block_rows:
         sentences.append(_paper_sentence(block_rows, tuned))
+    sentences += pooling_sentences(sec.table("blocks", all_poolings=True))
     return {"figures": figures, "sentences": sentences}
 
 
