@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tunescope._io import read_csv
 from tunescope.data import get_task
@@ -10,8 +11,9 @@ from tunescope.errors import InputError, UnknownNameError
 from tunescope.extract import extract
 from tunescope.models import load_encoder
 from tunescope.pipeline import AnalyzeConfig, analyze, read_manifest
-from tunescope.similarity import linear_cka, rsa
-from tunescope.stages.domains import COLUMNS, default_ood_tasks, ood_tasks
+from tunescope.similarity import bootstrap_ci, bootstrap_linear_cka, linear_cka, percentile_interval, rsa
+from tunescope.stages.domains import CHANGE_COLUMNS, COLUMNS, MEAN, default_ood_tasks, ood_tasks
+from tunescope.stages.domains.section import change_sentence, merchant_verdict
 from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
@@ -71,6 +73,7 @@ def test_values_equal_linear_cka_and_rsa_on_each_domain(tmp_path, base_folder, t
     html = (root / "report.html").read_text()
     assert "In-domain vs out-of-domain change" in html
     assert "in-domain inputs more than out-of-domain ones" in html
+    assert "Merchant et al. (2020)" in html and "RSA is not bootstrapped" in html
     for name in ("domains_linear_cka", "domains_rsa_correlation_spearman", "domains_gap"):
         assert (root / "figures" / f"{name}.png").exists()
 
@@ -122,3 +125,124 @@ def test_unknown_ood_task_fails_before_anything_is_computed(tmp_path, base_folde
         analyze(config, progress=False)
     assert not (tmp_path / "run" / "results" / "domains.csv").exists()
     assert not list((tmp_path / "run").glob("cache/*"))  # nothing extracted
+
+
+def test_intervals_equal_bootstrap_linear_cka_with_each_domain_resampled_on_its_own(
+    tmp_path, base_folder, tuned_folder
+):
+    domains = ("movie-sentiment", "nyt-sentiment", "tweet-sentiment")
+    config = _config(
+        tmp_path,
+        base_folder,
+        tuned_folder,
+        limit=30,
+        n_boot=200,
+        confidence=0.9,
+        seed=3,
+        options={"similarity": {"rsa": None}, "domains": {"ood_tasks": domains[1:]}},
+    )
+    root = analyze(config, progress=False)
+    rows = read_csv(root / "results" / "domains.csv")
+    base, tuned = load_encoder(base_folder), load_encoder(tuned_folder)
+    options = {"pooling": "mean", "batch_size": 16, "max_length": 128, "progress": False}
+    samples = {}
+    for k, domain in enumerate(domains):  # the in-domain set first, then the ood tasks in order: seed + k
+        examples = get_task(domain).load("validation", limit=30)
+        a, b = extract(base, examples, **options), extract(tuned, examples, **options)
+        features = [a[layer] for layer in a.layers] + [b[layer] for layer in a.layers]
+        pairs = [(i, i + len(a.layers)) for i in range(len(a.layers))]
+        _, draws = bootstrap_linear_cka(features, pairs, n_boot=200, seed=3 + k, exact=True)
+        for i, layer in enumerate(a.layers):
+            samples[domain, layer] = draws[:, i]
+            (row,) = [r for r in rows if r["domain"] == domain and int(r["layer"]) == layer]
+            low, high = percentile_interval(draws[:, i], 0.9)
+            assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx((low, high), abs=1e-12)
+            assert row["n_boot"] == "200"
+        top = a.layers[-1]  # the obviously-correct reference: linear_cka on resampled rows
+        ci = bootstrap_ci(linear_cka, a[top], b[top], n_boot=200, seed=3 + k, level=0.9)
+        torch.testing.assert_close(samples[domain, top], ci.samples, rtol=0, atol=1e-6)  # float32 features
+    assert not torch.allclose(samples[domains[0], 3], samples[domains[1], 3])  # independent draws
+    change = read_csv(root / "results" / "domain_change.csv")
+    assert tuple(change[0]) == CHANGE_COLUMNS
+    assert [r["out_domain"] for r in change] == [d for d in (*domains[1:], MEAN) for _ in range(4)]
+    value = {(r["domain"], int(r["layer"])): float(r["value"]) for r in rows}
+    for row in change:
+        layer, outside = int(row["layer"]), domains[1:] if row["out_domain"] == MEAN else (row["out_domain"],)
+        in_change = 1 - value[domains[0], layer]
+        out_change = sum(1 - value[d, layer] for d in outside) / len(outside)
+        assert float(row["in_change"]) == pytest.approx(in_change, abs=1e-12)
+        assert float(row["out_change"]) == pytest.approx(out_change, abs=1e-12)
+        assert float(row["difference"]) == pytest.approx(in_change - out_change, abs=1e-12)
+        draws = sum(samples[d, layer] for d in outside) / len(outside) - samples[domains[0], layer]
+        low, high = percentile_interval(draws, 0.9)
+        assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx((low, high), abs=1e-12)
+
+
+def _change(diffs: dict[int, tuple[float, float, float]]) -> list[dict[str, object]]:
+    """Planted ``domain_change`` rows of a 6-layer model: layer -> (difference, ci_low, ci_high)."""
+    return [
+        {
+            "out_domain": MEAN,
+            "layer": layer,
+            "measure": "linear_cka",
+            "difference": d,
+            "ci_low": lo,
+            "ci_high": hi,
+        }
+        for layer, (d, lo, hi) in diffs.items()
+    ]
+
+
+FLAT = (0.0, -0.01, 0.01)
+MORE_IN = (0.05, 0.021, 0.079)
+MORE_OUT = (-0.05, -0.079, -0.021)
+CROSSING = (0.05, -0.004, 0.104)
+
+
+@pytest.mark.parametrize(
+    ("top", "says"),
+    [
+        (
+            (FLAT, MORE_IN, MORE_IN),
+            "this run agrees: by CKA, in the top layers 4-6, in-domain inputs changed "
+            "measurably more at layers 5,6, out-of-domain ones at none.",
+        ),
+        (
+            (FLAT, FLAT, MORE_OUT),
+            "this run disagrees: by CKA, in the top layers 4-6, in-domain inputs changed "
+            "measurably more at none, out-of-domain ones at layer 6.",
+        ),
+        (
+            (FLAT, FLAT, CROSSING),
+            "this run cannot tell: by CKA, in the top layers 4-6, the interval of the "
+            "difference in change contains 0 at each of them.",
+        ),
+        (
+            (MORE_OUT, FLAT, MORE_IN),
+            "this run cannot tell: by CKA, in the top layers 4-6, in-domain inputs "
+            "changed measurably more at layer 6, out-of-domain ones at layer 4.",
+        ),
+    ],
+)
+def test_the_merchant_sentence_follows_the_intervals_of_the_top_layers(top, says):
+    rows = _change({0: MORE_OUT, 1: MORE_OUT, 2: FLAT, 3: MORE_OUT, 4: top[0], 5: top[1], 6: top[2]})
+    sentence = merchant_verdict(rows)
+    assert sentence.startswith("Merchant et al. (2020) find that fine-tuning changes in-domain inputs more")
+    assert sentence.endswith(says)
+
+
+def test_the_change_sentence_says_no_measurable_difference_when_the_interval_contains_zero():
+    measured = change_sentence(_change({0: FLAT, 1: MORE_OUT, 2: MORE_IN}), "CKA")
+    assert measured == (
+        "By CKA, in-domain inputs changed measurably more than out-of-domain ones at layer 2 and measurably "
+        "less at layer 1; at the top layer (2), in the change 1 − CKA (in hundredths), being in domain adds "
+        "5.0 points [2.1, 7.9]."
+    )
+    crossing = change_sentence(_change({0: FLAT, 1: FLAT, 2: CROSSING}), "CKA")
+    assert crossing == (
+        "By CKA, no layer shows a measurable difference between in-domain and out-of-domain change; at the "
+        "top layer (2), in the change 1 − CKA (in hundredths), being in domain makes no measurable "
+        "difference (+5.0 points [-0.4, 10.4])."
+    )
+    unbootstrapped = change_sentence(_change({0: (0.1, "", ""), 1: (0.05, "", "")}), "RSA")
+    assert "is +0.050, with no interval (RSA is not bootstrapped), so this run cannot tell" in unbootstrapped
