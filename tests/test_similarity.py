@@ -424,3 +424,23 @@ def test_accumulator_errors() -> None:
         mb.compute()
     with pytest.raises(MeasureError, match="batch_size"):
         minibatch_cka(a[0], a[1], batch_size=3)
+
+
+def test_centered_bootstrap_of_cka_holds_its_estimate_in_high_dimension():
+    """Biased CKA rises with a resample's repeated examples; centring removes that bias, and the exact and
+    linear bootstraps then agree (n = 300, d = 96)."""
+    from tunescope.similarity import bootstrap_linear_cka
+
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.randn(300, 96, generator=g, dtype=torch.float64)]
+    layers.append(layers[0] + 0.6 * torch.randn(300, 96, generator=g, dtype=torch.float64))
+    est, raw = bootstrap_linear_cka(layers, [(0, 1)], n_boot=300, seed=1, exact=True)
+    _, exact = bootstrap_linear_cka(layers, [(0, 1)], n_boot=300, seed=1, exact=True, centered=True)
+    _, linear = bootstrap_linear_cka(layers, [(0, 1)], n_boot=300, seed=1, exact=False, centered=True)
+    q = torch.tensor([0.025, 0.975], dtype=torch.float64)
+    raw_ci, exact_ci, linear_ci = (torch.quantile(s[:, 0], q) for s in (raw, exact, linear))
+    assert raw_ci[0] > est[0]  # the raw percentile interval misses its own estimate
+    assert exact_ci[0] < est[0] < exact_ci[1] and linear_ci[0] < est[0] < linear_ci[1]
+    torch.testing.assert_close(exact_ci, linear_ci, atol=0.01, rtol=0)
+    _, auto = bootstrap_linear_cka(layers, [(0, 1)], n_boot=300, seed=1, exact=None, centered=True)
+    torch.testing.assert_close(auto, exact)  # 300 examples: exact

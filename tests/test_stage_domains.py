@@ -52,7 +52,7 @@ def test_default_ood_tasks_are_the_other_vader_domains():
 def test_values_equal_linear_cka_and_rsa_on_each_domain(tmp_path, base_folder, tuned_folder):
     root = analyze(_config(tmp_path, base_folder, tuned_folder), progress=False)
     rows = read_csv(root / "results" / "domains.csv")
-    assert tuple(rows[0]) == COLUMNS
+    assert tuple(rows[0]) == ("pooling", *COLUMNS)
     assert {r["domain"] for r in rows} == set(VADER)
     assert {r["domain"] for r in rows if r["in_domain"] == "True"} == {"movie-sentiment"}
     assert {r["measure"] for r in rows} == {"linear_cka", "rsa_correlation_spearman"}
@@ -151,7 +151,8 @@ def test_intervals_equal_bootstrap_linear_cka_with_each_domain_resampled_on_its_
         a, b = extract(base, examples, **options), extract(tuned, examples, **options)
         features = [a[layer] for layer in a.layers] + [b[layer] for layer in a.layers]
         pairs = [(i, i + len(a.layers)) for i in range(len(a.layers))]
-        _, draws = bootstrap_linear_cka(features, pairs, n_boot=200, seed=3 + k, exact=True)
+        estimate, raw = bootstrap_linear_cka(features, pairs, n_boot=200, seed=3 + k, exact=True)
+        draws = (raw - (raw.mean(0) - estimate)).clamp(0, 1)  # 30 examples: exact, centred on the estimate
         for i, layer in enumerate(a.layers):
             samples[domain, layer] = draws[:, i]
             (row,) = [r for r in rows if r["domain"] == domain and int(r["layer"]) == layer]
@@ -160,10 +161,10 @@ def test_intervals_equal_bootstrap_linear_cka_with_each_domain_resampled_on_its_
             assert row["n_boot"] == "200"
         top = a.layers[-1]  # the obviously-correct reference: linear_cka on resampled rows
         ci = bootstrap_ci(linear_cka, a[top], b[top], n_boot=200, seed=3 + k, level=0.9)
-        torch.testing.assert_close(samples[domain, top], ci.samples, rtol=0, atol=1e-6)  # float32 features
+        torch.testing.assert_close(raw[:, -1], ci.samples, rtol=0, atol=1e-6)  # float32 features
     assert not torch.allclose(samples[domains[0], 3], samples[domains[1], 3])  # independent draws
     change = read_csv(root / "results" / "domain_change.csv")
-    assert tuple(change[0]) == CHANGE_COLUMNS
+    assert tuple(change[0]) == ("pooling", *CHANGE_COLUMNS)
     assert [r["out_domain"] for r in change] == [d for d in (*domains[1:], MEAN) for _ in range(4)]
     value = {(r["domain"], int(r["layer"])): float(r["value"]) for r in rows}
     for row in change:

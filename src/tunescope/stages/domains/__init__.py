@@ -16,10 +16,11 @@ pooling) are left out of every set. Writes ``domains.csv``: one row per (domain,
 Intervals: each linear-CKA value has a percentile-bootstrap interval over the examples of its domain
 (``ci_low``, ``ci_high``, ``n_boot``; ``AnalyzeConfig.n_boot`` resamples at ``AnalyzeConfig.confidence``),
 from Gram matrices of the representations already extracted (`tunescope.similarity.bootstrap_linear_cka`
-with ``exact=True``, whose resamples equal `tunescope.similarity.bootstrap_ci`'s): no model runs again.
-The exact form costs ``n_boot n^2`` per Gram product (about 2 s for 4 layers at n = 1000 on one core);
-the linear bootstrap (``exact=False``) is ``n_boot`` times cheaper but was far off on tiny runs (``[0, 1]``
-for a CKA of 0.70 at n = 40, where the exact interval is ``[0.63, 0.89]``; shifted by 0.02 at n = 1000).
+with ``exact=None, centered=True``): no model runs again. Up to 400 examples per domain the resamples are
+exact (they equal `tunescope.similarity.bootstrap_ci`'s before centering); above, the linear bootstrap,
+whose dropped terms are ``O(1/n)`` and which costs ``n_boot`` times less. The exact resamples are centred
+on the estimate (bias-corrected percentile): a resample's repeated examples raise biased CKA, at
+n = 1000 and d = 384 by more than the interval is wide.
 The domains are different examples, so each is resampled on its own: the domain at position ``k`` (the
 in-domain set first, then ``ood_tasks`` in order) draws with seed ``AnalyzeConfig.seed + k``. RSA rows have
 empty interval cells: a resample repeats examples, whose zero dissimilarities bias RSA unless those pairs
@@ -265,7 +266,7 @@ def _bootstrap(
 
     features = [a[layer] for layer in layers] + [b[layer] for layer in layers]
     pairs = [(i, i + len(layers)) for i in range(len(layers))]
-    _, samples = bootstrap_linear_cka(features, pairs, n_boot=n_boot, seed=seed, exact=True)
+    _, samples = bootstrap_linear_cka(features, pairs, n_boot=n_boot, seed=seed, exact=None, centered=True)
     return samples
 
 

@@ -7,8 +7,9 @@ et al. 2020), ``blocks.csv`` (contiguous blocks of similar layers inside each mo
 ``p_value`` (linear CKA only) and whether it is ``significant`` (`tunescope.similarity.blocks`), and
 ``layer_change.csv``: the same-layer linear CKA of the two models with a percentile-bootstrap interval
 over examples. Both bootstraps share one set of ``AnalyzeConfig.n_boot`` resamples drawn with
-``AnalyzeConfig.seed``, computed from Gram matrices of the run's representations (the linear bootstrap
-of `tunescope.similarity.bootstrap_linear_cka`): no model runs again.
+``AnalyzeConfig.seed``, computed from Gram matrices of the run's representations
+(`tunescope.similarity.bootstrap_linear_cka` with ``exact=None, centered=True``: exact resampling up to
+400 examples, the linear bootstrap above, bias-corrected): no model runs again.
 """
 
 from __future__ import annotations
@@ -165,7 +166,7 @@ def _bootstrap(ctx: RunContext, reps: dict[str, Any]) -> tuple[dict[str, Any], l
         cross = [(offset[a] + reps[a].layers.index(x), offset[b] + reps[b].layers.index(x)) for x in shared]
     pairs = [p for m in models for p in within[m]] + cross
     estimate, samples = bootstrap_linear_cka(
-        layers, pairs, n_boot=config.n_boot, seed=config.seed, exact=False
+        layers, pairs, n_boot=config.n_boot, seed=config.seed, exact=None, centered=True
     )
     tests, start = {}, 0
     for m in models:
