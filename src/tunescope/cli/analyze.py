@@ -20,7 +20,14 @@ def analyze(
     tuned: Annotated[str | None, typer.Option("--tuned", help="Fine-tuned model to compare with.")] = None,
     split: opt.Split = "validation",
     limit: opt.AnalysisLimit = 1000,
-    pooling: opt.SentencePooling = "mean",
+    pooling: Annotated[
+        str,
+        typer.Option(
+            "--pooling",
+            help="Sentence vector per text: mean (non-padding tokens, [CLS]/[SEP] included), mean_no_special "
+            "or cls; several, e.g. cls,mean, run the representational stages once per pooling.",
+        ),
+    ] = "mean",
     data_dir: opt.DataDir = None,
     batch_size: opt.BatchSize = 32,
     stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stages to run.")] = None,
