@@ -44,7 +44,16 @@ def test_analyze_writes_run_folder(tmp_path, tiny_folder):
     stats = read_csv(root / "results" / "layer_stats.csv")
     assert {r["layer"] for r in stats} == {"0", "1", "2", "3"}
     cka = read_csv(root / "results" / "cka.csv")
-    assert list(cka[0]) == ["pooling", "model_a", "layer_a", "model_b", "layer_b", "measure", "split", "value"]
+    assert list(cka[0]) == [
+        "pooling",
+        "model_a",
+        "layer_a",
+        "model_b",
+        "layer_b",
+        "measure",
+        "split",
+        "value",
+    ]
     assert len(cka) == 3 * 16  # base x base, tuned x tuned, base x tuned
     within = [r for r in cka if r["model_a"] == r["model_b"]]
     diagonal = [float(r["value"]) for r in within if r["layer_a"] == r["layer_b"]]
@@ -333,6 +342,7 @@ BAD_FIELDS = {
     "epochs": 0,
     "learning_rate": -1.0,
     "train_limit": 1,
+    "experiment_train_limit": 1,
     "seeds": (0, 0),
     "n_boot": 99,
     "confidence": 1.0,

@@ -87,8 +87,13 @@ class AnalyzeConfig:
         finetune: when ``tuned`` is not given, fine-tune ``model`` on the task (stage ``finetune``; the
             model is kept in ``RUN/models/tuned`` and reused by later runs). False: analyse one model.
         epochs, learning_rate, train_limit: how ``analyze`` fine-tunes (the ``finetune`` stage and the
-            fine-tuning experiments of ``ffn`` and ``selection``): passes over the data, peak AdamW
-            learning rate, and the first ``train_limit`` training examples (None = all).
+            fine-tuning experiments of ``ffn``, ``selection`` and ``heads``): passes over the data, peak
+            AdamW learning rate, and the first ``train_limit`` training examples (None = all).
+        experiment_train_limit: the fine-tuning experiments (FFN removal, the selection arms,
+            prune-then-tune) train every arm, their own ``full`` arm included, on the first this many
+            training examples (None = ``train_limit``): each compares arms trained alike, which does
+            not need the run's whole training set. When it is no smaller than ``train_limit`` the run's
+            own fine-tuned model is the ``full`` arm.
         options: each stage's own options, by stage name: an instance of the stage's options dataclass
             or a mapping of its fields (``{"variability": {"budget": 3}}``); stages left out keep their
             defaults. Read them with :meth:`options_for`; see :mod:`tunescope.options`.
@@ -115,6 +120,7 @@ class AnalyzeConfig:
     epochs: int = 1
     learning_rate: float = 5e-5
     train_limit: int | None = 2000
+    experiment_train_limit: int | None = 2000
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -123,6 +129,11 @@ class AnalyzeConfig:
             ("learning_rate", self.learning_rate > 0, "positive (--lr)"),
             ("batch_size", self.batch_size >= 1, "at least 1 (--batch-size)"),
             ("train_limit", self.train_limit is None or self.train_limit >= 2, "at least 2 (--train-limit)"),
+            (
+                "experiment_train_limit",
+                self.experiment_train_limit is None or self.experiment_train_limit >= 2,
+                "at least 2 (--experiment-train-limit)",
+            ),
             ("limit", self.limit is None or self.limit >= 2, "at least 2 (--limit)"),
             ("n_boot", self.n_boot >= 100, "at least 100 resamples (--n-boot)"),
             ("confidence", 0 < self.confidence < 1, "a level strictly between 0 and 1 (--confidence)"),
@@ -404,9 +415,15 @@ class RunContext:
         """How this run fine-tunes, with ``changes`` (:meth:`.RunTraining.finetune_config`)."""
         return self.training.finetune_config(**changes)
 
-    def train(self, name: str, model: Any = None, **changes: Any) -> FinetuneResult:
+    def train(
+        self, name: str, model: Any = None, *, experiment: bool = False, **changes: Any
+    ) -> FinetuneResult:
         """Fine-tune into ``RUN/models/<name>``, or reuse it (:meth:`.RunTraining.train`)."""
-        return self.training.train(name, model, **changes)
+        return self.training.train(name, model, experiment=experiment, **changes)
+
+    def experiment_full(self) -> FinetuneResult:
+        """The ``full`` arm of the fine-tuning experiments (:meth:`.RunTraining.experiment_full`)."""
+        return self.training.experiment_full()
 
     def tuned_source(self) -> str:
         """The fine-tuned model's folder or hub id: ``--tuned``, or the model this run fine-tunes."""
@@ -535,7 +552,7 @@ def _field_value(name: str, value: Any, where: str) -> Any:
     if name not in hints or name == "options":
         valid = [f.name for f in dataclasses.fields(AnalyzeConfig) if f.name != "options"]
         raise UnknownNameError("config field", name, valid, hint="a stage's options go in a [stage] table")
-    if name in ("limit", "train_limit") and value in (0, "0"):
+    if name in ("limit", "train_limit", "experiment_train_limit") and value in (0, "0"):
         return None
     value = typed_value(value, hints[name], where)
     return Path(value) if name == "out" else value

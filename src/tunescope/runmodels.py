@@ -48,11 +48,15 @@ class RunTraining:
         }
         return FinetuneConfig(**{**settings, **changes})
 
-    def train(self, name: str, model: Any = None, **changes: Any) -> FinetuneResult:
+    def train(
+        self, name: str, model: Any = None, *, experiment: bool = False, **changes: Any
+    ) -> FinetuneResult:
         """Fine-tune ``model`` (default: the pre-trained one) on the run's task into ``RUN/models/<name>``.
 
-        :meth:`finetune_config` with ``changes`` decides how; a finished run of the same model, data and
-        config in that folder is reused, and an interrupted one resumes from its last epoch.
+        :meth:`finetune_config` with ``changes`` decides how; ``experiment``: on the fine-tuning
+        experiments' examples (``experiment_train_limit``) rather than the run's. A finished run of the
+        same model, data and config in that folder is reused, and an interrupted one resumes from its
+        last epoch.
         """
         from tunescope.data import get_task
         from tunescope.finetune import finetune
@@ -65,12 +69,29 @@ class RunTraining:
                 self.folder / name,
                 config=self.finetune_config(**changes),
                 data_dir=self.config.data_dir,
-                train_limit=self.config.train_limit,
+                train_limit=self.experiment_limit() if experiment else self.config.train_limit,
                 validation_limit=self.config.limit,
                 device=self.device,
                 progress=self.progress,
             )
         return self._trained[name]
+
+    def experiment_limit(self) -> int | None:
+        """Training examples of the fine-tuning experiments: ``experiment_train_limit``, at most the run's."""
+        run, experiment = self.config.train_limit, self.config.experiment_train_limit
+        if experiment is None:
+            return run
+        return experiment if run is None else min(run, experiment)
+
+    def experiment_full(self) -> FinetuneResult:
+        """The experiments' ``full`` arm: every parameter trained on their examples, with the run's recipe.
+
+        That is the run's own fine-tuned model (``RUN/models/tuned``) when the experiments train on the
+        run's examples and no ``--tuned`` was given, else ``RUN/models/full``.
+        """
+        if self.config.tuned is None and self.experiment_limit() == self.config.train_limit:
+            return self.train("tuned")
+        return self.train("full", experiment=True)
 
     def records(self) -> dict[str, dict[str, Any]]:
         """Folder, validation metric and training time of each model fine-tuned so far."""

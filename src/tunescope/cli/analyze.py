@@ -43,6 +43,15 @@ def analyze(
     train_limit: Annotated[
         int, typer.Option("--train-limit", min=0, help="Training examples for fine-tuning (0 = all).")
     ] = 2000,
+    experiment_train_limit: Annotated[
+        int,
+        typer.Option(
+            "--experiment-train-limit",
+            min=0,
+            help="Training examples of every arm of the fine-tuning experiments (ffn, selection, heads "
+            "prune-then-tune), their full arm included (0 = as --train-limit).",
+        ),
+    ] = 2000,
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -99,6 +108,7 @@ def analyze(
         "epochs": epochs,
         "learning_rate": lr,
         "train_limit": train_limit or None,
+        "experiment_train_limit": experiment_train_limit or None,
         "device": device,
         "seed": seed,
         "seeds": _seeds(seeds) if seeds is not None else None,

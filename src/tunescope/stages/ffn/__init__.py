@@ -175,17 +175,13 @@ def run(ctx: RunContext) -> list[Table]:
     from tunescope.surgery import remove_ffn
 
     device = str(ctx.device)
-    if ctx.config.tuned is None:
-        full = ctx.train("tuned")
-        full_model = ctx.classifier()
-    else:
-        full = ctx.train("full")
-        full_model = load_classifier(full.path, device=device)
+    full = ctx.experiment_full()
+    full_model = load_classifier(full.path, device=device)
     full_found = _predictions(ctx, full_model)
     result_rows = [_row(ctx, "full", [], full_model, full, full_found, None)]
     del full_model
     start = remove_ffn(_start_model(ctx), layers)
-    removed = ctx.train("ffn-removed", model=start)
+    removed = ctx.train("ffn-removed", model=start, experiment=True)
     del start
     removed_model = load_classifier(removed.path, device=device)
     found = _predictions(ctx, removed_model)

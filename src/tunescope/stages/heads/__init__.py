@@ -397,11 +397,12 @@ def _transfer(
     base, tuned_name = ctx.config.labels
     examples, metric = ctx.examples(), ctx.task.metric
     max_length = ctx.config.max_length or 128
-    full_result = ctx.train("tuned") if ctx.config.tuned is None else ctx.train("full")
-    full = tuned if ctx.config.tuned is None else load_classifier(full_result.path, device=str(ctx.device))
+    full_result = ctx.experiment_full()
+    same = ctx.config.tuned is None and full_result.path == ctx.train("tuned").path
+    full = tuned if same else load_classifier(full_result.path, device=str(ctx.device))
     before = least_important(maps[base, "mlm"].scores, fraction)
     start = prune_heads(fresh_classifier(ctx.config.model, ctx.task, ctx.config.seed), before)
-    trained = ctx.train("heads-pruned-then-tuned", model=start)
+    trained = ctx.train("heads-pruned-then-tuned", model=start, experiment=True)
     del start
     pruned_first = load_classifier(trained.path, device=str(ctx.device))
     after = least_important(maps[tuned_name, "task"].scores, fraction)

@@ -254,11 +254,11 @@ def _train_by_recipe(
     ctx: RunContext, arm: Arm, top: Arm, options: SelectionOptions, done: dict[str, Trained]
 ) -> Trained:
     lr, epochs = _recipe(ctx, arm, options)
-    if not arm.partial and ctx.config.tuned is None:
-        return Trained(ctx.train("tuned"), lr, epochs, "per-arm recipe (the run's fine-tuned model)")
+    if not arm.partial:
+        return Trained(ctx.experiment_full(), lr, epochs, "per-arm recipe (the experiments' full arm)")
     name = _folder(arm, top, lr, epochs)
     if name not in done:
-        result = ctx.train(name, learning_rate=lr, epochs=epochs, **arm.changes())
+        result = ctx.train(name, experiment=True, learning_rate=lr, epochs=epochs, **arm.changes())
         done[name] = Trained(result, lr, epochs, "per-arm recipe")
     return done[name]
 
@@ -291,7 +291,7 @@ def _train_by_grid(
 
 def _holdout_split(ctx: RunContext, fraction: float) -> tuple[Any, Any]:
     """The run's training examples split by the run's seed into (fit, held-out)."""
-    train = ctx.examples("train", limit=ctx.config.train_limit)
+    train = ctx.examples("train", limit=ctx.training.experiment_limit())
     n_held = max(2, round(fraction * len(train)))
     if len(train) - n_held < 2:
         raise InputError(
