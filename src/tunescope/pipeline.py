@@ -81,6 +81,10 @@ class AnalyzeConfig:
         epochs, learning_rate, train_limit: how ``analyze`` fine-tunes (the ``finetune`` stage and the
             fine-tuning experiments of ``ffn`` and ``selection``): passes over the data, peak AdamW
             learning rate, and the first ``train_limit`` training examples (None = all).
+        patience: early stopping of that fine-tuning: stop once the validation metric (on the run's
+            ``limit`` validation examples) has not improved for ``patience`` epochs, ``epochs`` being
+            the maximum, and keep the best epoch (None: train all ``epochs``; see
+            :class:`~tunescope.finetune.FinetuneConfig`).
         options: each stage's own options, by stage name: an instance of the stage's options dataclass
             or a mapping of its fields (``{"variability": {"budget": 3}}``); stages left out keep their
             defaults. Read them with :meth:`options_for`; see :mod:`tunescope.options`.
@@ -104,9 +108,10 @@ class AnalyzeConfig:
     stages: tuple[str, ...] | None = None
     labels: tuple[str, str] = ("base", "tuned")
     finetune: bool = True
-    epochs: int = 1
+    epochs: int = 3
     learning_rate: float = 5e-5
-    train_limit: int | None = 2000
+    train_limit: int | None = None
+    patience: int | None = 1
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -115,6 +120,7 @@ class AnalyzeConfig:
             ("learning_rate", self.learning_rate > 0, "positive (--lr)"),
             ("batch_size", self.batch_size >= 1, "at least 1 (--batch-size)"),
             ("train_limit", self.train_limit is None or self.train_limit >= 2, "at least 2 (--train-limit)"),
+            ("patience", self.patience is None or self.patience >= 1, "at least 1 or None (--patience)"),
             ("limit", self.limit is None or self.limit >= 2, "at least 2 (--limit)"),
             ("n_boot", self.n_boot >= 100, "at least 100 resamples (--n-boot)"),
             ("confidence", 0 < self.confidence < 1, "a level strictly between 0 and 1 (--confidence)"),

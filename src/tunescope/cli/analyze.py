@@ -31,11 +31,21 @@ def analyze(
             help="Without --tuned, fine-tune the model on the task (kept in RUN/models/tuned).",
         ),
     ] = True,
-    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs (every experiment).")] = 1,
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Most fine-tuning epochs (every experiment; see --patience).")
+    ] = 3,
     lr: Annotated[float, typer.Option("--lr", help="Peak fine-tuning learning rate (AdamW).")] = 5e-5,
     train_limit: Annotated[
         int, typer.Option("--train-limit", min=0, help="Training examples for fine-tuning (0 = all).")
-    ] = 2000,
+    ] = 0,
+    patience: Annotated[
+        int,
+        typer.Option(
+            "--patience",
+            help="Stop fine-tuning once the validation metric has not improved for N epochs "
+            "(--epochs: the most; N >= --epochs never stops early).",
+        ),
+    ] = 1,
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -92,6 +102,7 @@ def analyze(
         "epochs": epochs,
         "learning_rate": lr,
         "train_limit": train_limit or None,
+        "patience": patience,
         "device": device,
         "seed": seed,
         "seeds": _seeds(seeds) if seeds is not None else None,
