@@ -297,6 +297,131 @@ def test_keep_best_saves_the_best_epoch(tmp_path, monkeypatch, keep_best, expect
     assert not torch.equal(saved["classifier.weight"], states[1]["classifier.weight"])
 
 
+# --- early stopping -----------------------------------------------------------------------------
+STUCK = {"learning_rate": 1e-9}  # updates too small to change a prediction: accuracy never improves
+
+
+def _crash_after(monkeypatch, stop_epoch):
+    """Make ``_write_checkpoint`` raise KeyboardInterrupt once the checkpoint of ``stop_epoch`` is written."""
+    original = ft._write_checkpoint
+
+    def crash(folder, epoch, *args):
+        written = original(folder, epoch, *args)
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return written
+
+    monkeypatch.setattr(ft, "_write_checkpoint", crash)
+    return original
+
+
+def _trained_epochs(monkeypatch):
+    trained = []
+    train_epoch = ft._train_epoch
+
+    def record(*args, epoch, **kwargs):
+        trained.append(epoch)
+        return train_epoch(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(ft, "_train_epoch", record)
+    return trained
+
+
+@pytest.mark.parametrize(
+    ("scores", "patience", "best", "stopped"),
+    [
+        ([0.5, 0.8, 0.7, 0.8, 0.9, 0.95], 2, 2, 4),  # 0.8 again is no improvement: stale for 2 epochs
+        ([0.5, 0.8, 0.7, 0.9, 0.6, 0.85], 2, 4, 6),  # stale for 2 epochs only at the maximum: not early
+        ([0.9, 0.8, 0.95], 1, 1, 2),
+    ],
+)
+def test_patience_stops_after_epochs_without_improvement_and_keeps_the_best(
+    tmp_path, monkeypatch, scores, patience, best, stopped
+):
+    planted = iter(scores)
+    monkeypatch.setattr(ft, "_validate", lambda *a, **k: {"accuracy": next(planted)})
+    texts = sentiment(8, 3, "probe").texts
+    states, logits = {}, {}
+    original = ft._write_checkpoint
+
+    def remember(folder, epoch, model, *args):
+        states[epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        logits[epoch] = _logits(model, texts)  # eval mode; the next epoch sets train mode again
+        return original(folder, epoch, model, *args)
+
+    monkeypatch.setattr(ft, "_write_checkpoint", remember)
+    trained = _trained_epochs(monkeypatch)
+    result = _run(tmp_path, "early", epochs=len(scores), patience=patience)
+    assert trained == list(range(1, stopped + 1))
+    assert [h["epoch"] for h in result.history] == trained
+    assert (result.best_epoch, result.best_value) == (best, scores[best - 1])
+    assert result.stopped_epoch == stopped
+    assert result.stopped_early == (stopped < len(scores))
+    record = json.loads((result.path / "tunescope_finetune.json").read_text())
+    assert record["stopped_epoch"] == stopped and record["stopped_early"] == result.stopped_early
+    assert record["config"]["patience"] == patience
+    saved = load_file(str(result.path / "model.safetensors"))
+    for key, value in saved.items():
+        assert torch.equal(value, states[best][key]), key
+    tuned = transformers.AutoModelForSequenceClassification.from_pretrained(result.path)
+    torch.testing.assert_close(_logits(tuned, texts), logits[best], atol=1e-6, rtol=1e-5)
+    assert not (result.path / "checkpoints").exists()
+
+
+def test_early_stopping_is_reproducible_for_a_seed(tmp_path):
+    first = _run(tmp_path, "first", epochs=4, patience=1, **STUCK)
+    second = _run(tmp_path, "second", epochs=4, patience=1, **STUCK)
+    assert first.stopped_early and first.stopped_epoch == second.stopped_epoch == 2
+    assert first.best_epoch == second.best_epoch == 1
+    for x, y in zip(first.history, second.history, strict=True):
+        assert x["train_loss"] == y["train_loss"] and x["accuracy"] == y["accuracy"]
+    a = load_file(str(first.path / "model.safetensors"))
+    b = load_file(str(second.path / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("crash_epoch", [1, 3])  # mid-run; after the stopping epoch, before the export
+def test_interrupted_early_stopping_run_resumes_and_stops_at_the_same_epoch(
+    tmp_path, monkeypatch, crash_epoch
+):
+    options = {"epochs": 6, "patience": 2, **STUCK}
+    straight = _run(tmp_path, "straight", **options)
+    assert straight.stopped_early and straight.stopped_epoch == 3
+    original = _crash_after(monkeypatch, crash_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "resumed", **options)
+    assert not (tmp_path / "resumed" / "tunescope_finetune.json").exists()
+
+    monkeypatch.setattr(ft, "_write_checkpoint", original)
+    trained = _trained_epochs(monkeypatch)
+    resumed = _run(tmp_path, "resumed", **options)
+    assert trained == list(range(crash_epoch + 1, 4))
+    assert (resumed.stopped_epoch, resumed.stopped_early, resumed.best_epoch) == (3, True, 1)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    a = load_file(str(straight.path / "model.safetensors"))
+    b = load_file(str(resumed.path / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+    again = _run(tmp_path, "resumed", **options)  # finished: reused, nothing trained
+    assert trained == list(range(crash_epoch + 1, 4))
+    assert (again.stopped_epoch, again.stopped_early) == (3, True)
+
+
+def test_record_written_before_early_stopping_still_loads(tmp_path, monkeypatch):
+    finished = _run(tmp_path, "old", epochs=2)
+    path = finished.path / "tunescope_finetune.json"
+    record = json.loads(path.read_text())
+    for entry in ("stopped_epoch", "stopped_early"):
+        del record[entry]
+    del record["config"]["patience"]
+    path.write_text(json.dumps(record))
+    monkeypatch.setattr(ft, "_train_epoch", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    result = _run(tmp_path, "old", epochs=2)  # the key of a run without patience is as it was
+    assert (result.stopped_epoch, result.stopped_early) == (2, False)
+    assert result.config.patience is None and result.best_epoch == finished.best_epoch
+
+
 # --- bad input: one clear error, nothing written ------------------------------------------------
 def _refused(tmp_path, error, match, **kwargs):
     out = tmp_path / "refused"
@@ -356,6 +481,10 @@ def test_bad_options_and_names(tmp_path):
         FinetuneConfig(adapter_layers=(1,))
     with pytest.raises(InputError, match="learning_rate must be positive"):
         FinetuneConfig(learning_rate=0)
+    with pytest.raises(InputError, match=r"patience must be at least 1 or None \(--patience\), got 0"):
+        FinetuneConfig(patience=0)
+    with pytest.raises(InputError, match="patience needs eval_each_epoch=True"):
+        FinetuneConfig(epochs=3, patience=1, eval_each_epoch=False)
     with pytest.raises(UnknownNameError, match="unknown task"):
         finetune(None, "no-such-task", tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
@@ -408,6 +537,18 @@ def test_cli_finetune(cli, tiny_folder, tmp_path, capsys, monkeypatch):
     assert transformers.AutoConfig.from_pretrained(out).num_labels == get_task("movie-sentiment").num_labels
 
 
+def test_cli_finetune_patience(cli, tiny_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TUNESCOPE_NO_PROGRESS", "1")
+    out = tmp_path / "tuned"
+    args = ["finetune", tiny_folder, "--task", "movie-sentiment", "--out", str(out), "--train-limit", "24"]
+    args += ["--validation-limit", "8", "--batch-size", "8", "--lr", "1e-9", "--device", "cpu"]
+    code = cli([*args, "--epochs", "5", "--patience", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "stopped early after epoch 2/5: accuracy had not improved for 1 epoch(s)" in printed
+    assert "at epoch 1/5" in printed
+
+
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
@@ -415,6 +556,7 @@ def test_cli_finetune(cli, tiny_folder, tmp_path, capsys, monkeypatch):
         (["--train-layers", "x"], "takes layer numbers"),
         (["--adapter", "prefix"], "unknown adapter"),
         (["--train-limit", "1"], "train split has 1 example"),
+        (["--patience", "0"], "patience must be at least 1"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(cli, tiny_folder, tmp_path, capsys, extra, words):

@@ -31,6 +31,7 @@ def tiny_folder(tmp_path_factory):
 
 def _config(tmp_path, model, **kwargs):
     options = {"limit": 40, "train_limit": 64, "batch_size": 16, "device": "cpu", **kwargs}
+    options = {"epochs": 1, "patience": None, **options}  # one epoch, as before the demo's defaults grew
     return AnalyzeConfig(out=tmp_path / "run", model=model, **options)
 
 
@@ -287,6 +288,8 @@ def test_default_analyze_on_embedded_model(tmp_path, one_thread):
         out=tmp_path / "demo",
         limit=64,
         train_limit=128,
+        epochs=1,  # the goldens' fixed configuration, whatever the demo's fine-tuning defaults
+        patience=None,
         options={
             "probes": {"tasks": ("pos",)},
             "domains": {"ood_tasks": ("amazon-sentiment",)},
@@ -343,6 +346,7 @@ BAD_FIELDS = {
     "learning_rate": -1.0,
     "train_limit": 1,
     "experiment_train_limit": 1,
+    "patience": 0,
     "seeds": (0, 0),
     "n_boot": 99,
     "confidence": 1.0,

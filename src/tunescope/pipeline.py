@@ -94,6 +94,10 @@ class AnalyzeConfig:
             training examples (None = ``train_limit``): each compares arms trained alike, which does
             not need the run's whole training set. When it is no smaller than ``train_limit`` the run's
             own fine-tuned model is the ``full`` arm.
+        patience: early stopping of that fine-tuning: stop once the validation metric (on the run's
+            ``limit`` validation examples) has not improved for ``patience`` epochs, ``epochs`` being
+            the maximum, and keep the best epoch (None: train all ``epochs``; see
+            :class:`~tunescope.finetune.FinetuneConfig`).
         options: each stage's own options, by stage name: an instance of the stage's options dataclass
             or a mapping of its fields (``{"variability": {"budget": 3}}``); stages left out keep their
             defaults. Read them with :meth:`options_for`; see :mod:`tunescope.options`.
@@ -117,10 +121,11 @@ class AnalyzeConfig:
     stages: tuple[str, ...] | None = None
     labels: tuple[str, str] = ("base", "tuned")
     finetune: bool = True
-    epochs: int = 1
+    epochs: int = 3
     learning_rate: float = 5e-5
-    train_limit: int | None = 2000
+    train_limit: int | None = None
     experiment_train_limit: int | None = 2000
+    patience: int | None = 1
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,6 +139,7 @@ class AnalyzeConfig:
                 self.experiment_train_limit is None or self.experiment_train_limit >= 2,
                 "at least 2 (--experiment-train-limit)",
             ),
+            ("patience", self.patience is None or self.patience >= 1, "at least 1 or None (--patience)"),
             ("limit", self.limit is None or self.limit >= 2, "at least 2 (--limit)"),
             ("n_boot", self.n_boot >= 100, "at least 100 resamples (--n-boot)"),
             ("confidence", 0 < self.confidence < 1, "a level strictly between 0 and 1 (--confidence)"),

@@ -45,6 +45,7 @@ class RunTraining:
             "batch_size": self.config.batch_size,
             "max_length": self.config.max_length or 128,
             "seed": self.config.seed,
+            "patience": self.config.patience,
         }
         return FinetuneConfig(**{**settings, **changes})
 

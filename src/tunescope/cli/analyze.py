@@ -38,11 +38,13 @@ def analyze(
             help="Without --tuned, fine-tune the model on the task (kept in RUN/models/tuned).",
         ),
     ] = True,
-    epochs: Annotated[int, typer.Option("--epochs", help="Fine-tuning epochs (every experiment).")] = 1,
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Most fine-tuning epochs (every experiment; see --patience).")
+    ] = 3,
     lr: Annotated[float, typer.Option("--lr", help="Peak fine-tuning learning rate (AdamW).")] = 5e-5,
     train_limit: Annotated[
         int, typer.Option("--train-limit", min=0, help="Training examples for fine-tuning (0 = all).")
-    ] = 2000,
+    ] = 0,
     experiment_train_limit: Annotated[
         int,
         typer.Option(
@@ -52,6 +54,14 @@ def analyze(
             "prune-then-tune), their full arm included (0 = as --train-limit).",
         ),
     ] = 2000,
+    patience: Annotated[
+        int,
+        typer.Option(
+            "--patience",
+            help="Stop fine-tuning once the validation metric has not improved for N epochs "
+            "(--epochs: the most; N >= --epochs never stops early).",
+        ),
+    ] = 1,
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -109,6 +119,7 @@ def analyze(
         "learning_rate": lr,
         "train_limit": train_limit or None,
         "experiment_train_limit": experiment_train_limit or None,
+        "patience": patience,
         "device": device,
         "seed": seed,
         "seeds": _seeds(seeds) if seeds is not None else None,

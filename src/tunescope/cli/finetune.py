@@ -41,6 +41,13 @@ def finetune(
     keep_best: Annotated[
         bool, typer.Option("--keep-best/--keep-last", help="Save the best epoch (validation) or the last.")
     ] = True,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            "--patience",
+            help="Stop once the validation metric has not improved for N epochs (--epochs: the most).",
+        ),
+    ] = None,
     train_limit: Annotated[
         int | None, typer.Option("--train-limit", min=0, help="Use the first N training examples (0 = all).")
     ] = None,
@@ -91,6 +98,8 @@ def finetune(
 
         tunescope finetune --task movie-sentiment --out tuned --epochs 3
 
+        tunescope finetune --task movie-sentiment --out tuned --epochs 6 --patience 1
+
         tunescope finetune path/to/model --task rte --data-dir glue --out tuned --train-layers 5,6
 
         tunescope finetune --task movie-sentiment --out tuned-k4 --classifier-layer 4
@@ -120,6 +129,7 @@ def finetune(
         lora_r=lora_r,
         adapter_layers=opt.layer_list(adapter_layers, "--adapter-layers"),
         keep_best=keep_best,
+        patience=patience,
     )
     tokens = _token_data(
         conllu=conllu,
@@ -153,6 +163,11 @@ def finetune(
         validation_limit=validation_limit or None,
         device=resolve_device(device),
     )
+    if result.stopped_early:
+        typer.echo(
+            f"stopped early after epoch {result.stopped_epoch}/{config.epochs}: {result.metric} had not "
+            f"improved for {config.patience} epoch(s)"
+        )
     typer.echo(
         f"best {result.metric} {result.best_value:.4f} at epoch {result.best_epoch}/{config.epochs} "
         f"({result.trainable_parameters:,} of {result.total_parameters:,} parameters trained, "

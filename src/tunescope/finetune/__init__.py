@@ -23,6 +23,11 @@ Options (see :class:`FinetuneConfig`):
 * ``adapter="lora"``: LoRA (Hu et al., 2022) through peft on the attention and FFN linears of the
   chosen layers; the head trains fully (peft ``modules_to_save``); the adapters are merged into the
   weights before saving, so plain transformers loads the folder.
+* ``patience=p``: early stopping on the validation split (Prechelt, 1998, "Early stopping - but
+  when?"): training ends once the primary metric has not improved for ``p`` epochs, ``epochs`` being
+  the maximum, and with ``keep_best`` the best epoch is saved. The learning-rate schedule is laid out
+  over the maximum. Where and why a run stopped is in ``FinetuneResult.stopped_epoch`` and
+  ``stopped_early`` (and the record); a resumed run stops at the same epoch as an uninterrupted one.
 
 Layout of ``out/`` while training::
 

@@ -36,7 +36,7 @@ class FinetuneConfig:
     """How to fine-tune: optimisation, which parameters train, evaluation and model selection.
 
     Attributes:
-        epochs: Passes over the training data.
+        epochs: Passes over the training data; with ``patience``, the most it makes.
         learning_rate: Peak learning rate of AdamW (reached after warm-up, then linear decay to 0).
         batch_size: Training examples per step.
         warmup_ratio: Fraction of all steps spent warming the learning rate up linearly from 0.
@@ -54,6 +54,13 @@ class FinetuneConfig:
         adapter_layers: Layers that get adapters (``None``: all).
         eval_each_epoch: Evaluate on the validation split after every epoch (else after the last).
         keep_best: Save the epoch with the best validation metric, not the last one.
+        patience: Early stopping. ``None``: train all ``epochs``. Else stop once the task's primary
+            validation metric has not improved (strictly) on its best for ``patience`` consecutive
+            epochs; ``epochs`` is then the maximum. Needs ``eval_each_epoch``. The learning-rate
+            schedule is still laid out over the maximum: warm-up is ``warmup_ratio`` of
+            ``epochs`` epochs' steps and the decay reaches 0 only at epoch ``epochs``, so a run that
+            stops early ends with the learning rate partway down, and its epochs up to the stop are
+            exactly those of the same run without ``patience``.
         max_grad_norm: Gradients are clipped to this global L2 norm.
     """
 
@@ -73,6 +80,7 @@ class FinetuneConfig:
     eval_each_epoch: bool = True
     keep_best: bool = True
     max_grad_norm: float = 1.0
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_layers", _layer_tuple(self.train_layers, "train_layers"))
@@ -87,6 +95,7 @@ class FinetuneConfig:
             ("lora_r", self.lora_r >= 1, "at least 1 (--lora-r)"),
             ("lora_alpha", self.lora_alpha > 0, "positive"),
             ("max_grad_norm", self.max_grad_norm > 0, "positive"),
+            ("patience", self.patience is None or self.patience >= 1, "at least 1 or None (--patience)"),
         )
         for name, ok, want in checks:
             if not ok:
@@ -97,6 +106,11 @@ class FinetuneConfig:
             )
         if self.adapter is not None and self.adapter not in ADAPTER_METHODS:
             raise UnknownNameError("adapter", str(self.adapter), ADAPTER_METHODS)
+        if self.patience is not None and not self.eval_each_epoch:
+            raise InputError(
+                "patience needs eval_each_epoch=True: early stopping watches the validation metric "
+                "after every epoch"
+            )
         if self.adapter is None and self.adapter_layers is not None:
             raise InputError("adapter_layers needs an adapter; pass adapter='lora' (--adapter lora)")
         if self.adapter is not None and self.train_layers is not None:
@@ -121,6 +135,11 @@ class FinetuneResult:
         train_seconds: Training time summed over epochs (evaluation excluded).
         trainable_parameters: Parameters that received gradients.
         total_parameters: All parameters of the trained model (LoRA: including adapters).
+        config: The options it was trained with.
+        stopped_epoch: The last epoch trained (``config.epochs`` unless it stopped early).
+        stopped_early: Whether early stopping (``config.patience``) ended the run before
+            ``config.epochs``: the primary metric's best value was then ``patience`` epochs old.
+            Records written before early stopping existed load with ``False`` and their last epoch.
     """
 
     path: Path
@@ -132,6 +151,8 @@ class FinetuneResult:
     trainable_parameters: int
     total_parameters: int
     config: FinetuneConfig = field(default_factory=FinetuneConfig)
+    stopped_epoch: int = 0
+    stopped_early: bool = False
 
 
 def _check_config(config: Any) -> None:

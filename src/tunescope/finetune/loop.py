@@ -2,7 +2,8 @@
 
 :func:`_train` restores the newest usable checkpoint, runs the remaining epochs (each one trained by
 :func:`_train_epoch`, validated by :func:`_validate` when due, then checkpointed and the older
-checkpoints pruned), and saves the kept epoch's model and the run's record. The shuffle of epoch ``e``
+checkpoints pruned) until all epochs are done or early stopping (``patience``) ends the run, and saves
+the kept epoch's model and the run's record. The shuffle of epoch ``e``
 depends only on ``(seed, e)``, so a resumed run ends with the weights of an uninterrupted one.
 
 The steps are looked up here when called: tests patch ``_train_epoch``, ``_validate``,
@@ -172,7 +173,9 @@ def _train(
     trainable, total = _parameter_counts(net)
     folder = _open_checkpoints(out, key, config)
     run = _start(folder, key, net, optimizer, scheduler, device, config.epochs)
-    for epoch in range(run.epoch + 1, config.epochs + 1):
+    metric = labels.metrics[0]
+    while not run.stops(config, metric):
+        epoch = run.epoch + 1
         row = _epoch(
             net,
             train_rows,
@@ -186,7 +189,7 @@ def _train(
             device=device,
             progress=progress,
         )
-        run.add(row, labels.metrics[0], selects=config.keep_best and config.eval_each_epoch)
+        run.add(row, metric, selects=config.keep_best and config.eval_each_epoch)
         logger.info("epoch %d: %s", epoch, row)
         trainer = {
             "optimizer": optimizer.state_dict(),
@@ -195,8 +198,17 @@ def _train(
         }
         _write_checkpoint(folder, epoch, net, trainer, run.state(key))
         _prune(folder, {epoch, run.best_epoch})
+    if run.epoch < config.epochs:
+        logger.info(
+            "stopping early after epoch %d of %d: %s has not improved on epoch %d's for %d epochs",
+            run.epoch,
+            config.epochs,
+            metric,
+            run.epoch - run.since_best(metric),
+            config.patience,
+        )
     record = _record(key, labels, config, run, trainable=trainable, total=total)
-    return _finish(net, tokenizer, out, record, last_epoch=config.epochs)
+    return _finish(net, tokenizer, out, record, last_epoch=run.epoch)
 
 
 def _start(

@@ -41,9 +41,12 @@ def _run_key(
     train: Examples | TokenExamples,
     validation: Any,
 ) -> str:
+    options = dataclasses.asdict(config)
+    if options["patience"] is None:  # options added later stay out of the key when unset,
+        del options["patience"]  # so runs recorded before them keep their key and are reused
     payload = {
         "format": _FORMAT,
-        "config": dataclasses.asdict(config),
+        "config": options,
         "kind": labels.kind,
         "regression": labels.regression,
         "labels": labels.names,
@@ -79,6 +82,24 @@ class _Progress:
         self.history.append(row)
         self.epoch = row["epoch"]
 
+    def since_best(self, metric: str) -> int:
+        """Epochs done since ``metric`` last improved (strictly) on its best so far; all epochs if never.
+
+        Counted from the history alone, so a run resumed from a checkpoint counts as the uninterrupted
+        run did, whichever epoch ``keep_best`` keeps.
+        """
+        best, best_epoch = math.nan, 0
+        for row in self.history:
+            if _better(float(row.get(metric, math.nan)), best):
+                best, best_epoch = float(row[metric]), int(row["epoch"])
+        return self.epoch - best_epoch
+
+    def stops(self, config: FinetuneConfig, metric: str) -> bool:
+        """Whether the run ends here: all ``config.epochs`` done, or ``config.patience`` epochs stale."""
+        if self.epoch >= config.epochs:
+            return True
+        return config.patience is not None and self.since_best(metric) >= config.patience
+
     def state(self, key: str) -> dict[str, Any]:
         """The ``state.json`` of the checkpoint of the last epoch done (run ``key``)."""
         return {
@@ -110,6 +131,8 @@ def _record(
         "best_epoch": run.best_epoch,
         "best_value": run.best_value,
         "history": run.history,
+        "stopped_epoch": run.epoch,
+        "stopped_early": run.epoch < config.epochs,
         "train_seconds": float(sum(h["seconds"] for h in run.history)),
         "trainable_parameters": trainable,
         "total_parameters": total,
@@ -119,9 +142,11 @@ def _record(
 
 
 def _result_from_json(out: Path, record: dict[str, Any]) -> FinetuneResult:
+    """The result ``record`` describes; one written before early stopping ran all its epochs."""
+    history = record["history"]
     return FinetuneResult(
         path=out,
-        history=record["history"],
+        history=history,
         best_epoch=int(record["best_epoch"]),
         metric=record["metric"],
         best_value=float(record["best_value"]),
@@ -129,6 +154,8 @@ def _result_from_json(out: Path, record: dict[str, Any]) -> FinetuneResult:
         trainable_parameters=int(record["trainable_parameters"]),
         total_parameters=int(record["total_parameters"]),
         config=FinetuneConfig(**record["config"]),
+        stopped_epoch=int(record.get("stopped_epoch", history[-1]["epoch"] if history else 0)),
+        stopped_early=bool(record.get("stopped_early", False)),
     )
 
 
