@@ -145,7 +145,7 @@ def _ffn_io_by_hand(folder, examples):
 def test_ffn_cka_and_default_choice(run, tiny_folder, examples):
     root, _ = run
     rows = read_csv(root / "results" / "ffn_cka.csv")
-    assert list(rows[0]) == ["layer", "cka", "chosen"]
+    assert list(rows[0]) == ["seed", "layer", "cka", "chosen"]
     by_hand = _ffn_io_by_hand(tiny_folder, examples)
     cka = {int(r["layer"]): float(r["cka"]) for r in rows}
     assert sorted(cka) == [1, 2, 3]

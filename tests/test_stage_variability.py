@@ -272,7 +272,7 @@ def test_selection_with_given_tuned_model_trains_its_own_full_model(
     )
     root = analyze(config, progress=False, report=False)
     by = {r["strategy"]: r for r in read_csv(root / "results" / "selection.csv")}
-    assert (root / "models" / "select-full-lr5e-05-ep1").is_dir() and not (root / "models" / "tuned").exists()
+    assert (root / "models" / "full").is_dir() and not (root / "models" / "tuned").exists()
     assert by["top"]["trained_layers"] == "3"
     assert len(by["variability"]["trained_layers"].split(",")) == 1
 
