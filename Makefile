@@ -51,6 +51,7 @@ bench: install $(BENCH)/.installed
 	HF_HUB_OFFLINE=1 $(BENCH)/bin/python -m benchmarks.bench_similarity
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_heads
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_head_pruning
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_intervals
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
