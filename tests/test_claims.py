@@ -59,6 +59,12 @@ def test_the_recommendation_states_the_cost_with_its_interval():
         "Every layer counts here: dropping the top layer costs 6.1 points [-7.5, -4.7] of accuracy, "
         "more than the 1 point(s) allowed."
     )
+    noisy = _truncation((-0.075, -0.17, 0.02))
+    assert recommendation_sentence(chosen, noisy, "accuracy") == (
+        "No cut is recommended: dropping the top layer changes accuracy by -7.5 points on these examples, "
+        "more than the 1 point(s) allowed, but its interval [-17.0, 2.0] points cannot tell that from no "
+        "change; more analysis examples (--limit) would."
+    )
     cut = {**rows[1], "n_layers": 3, "full_value": 0.85, "max_loss": 1.0, "params": 80, "full_params": 100}
     cut.update(delta=-0.002, delta_ci_low=-0.008, delta_ci_high=0.004)
     assert recommendation_sentence([cut], rows, "accuracy").startswith(

@@ -89,7 +89,8 @@ def test_two_models_measures_and_rsa(tmp_path, tiny_folder, tmp_path_factory):
     }
     assert len(cka) == 3 * 2 * 16
     rsa = read_csv(root / "results" / "rsa.csv")
-    assert list(rsa[0]) == ["pooling", "model_a", "layer_a", "model_b", "layer_b", "rdm", "compare", "split", "value"]
+    columns = ["pooling", "model_a", "layer_a", "model_b", "layer_b", "rdm", "compare", "split", "value"]
+    assert list(rsa[0]) == columns
     assert {(r["rdm"], r["compare"]) for r in rsa} == {("cosine", "pearson")}
     # the table's numbers are the library's numbers on the same representations
     from tunescope.extract import extract

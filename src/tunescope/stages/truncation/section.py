@@ -46,10 +46,16 @@ def recommendation_sentence(chosen: list[dict[str, Any]], rows: list[dict[str, A
     if k == n_layers:
         by_k = {int(r["layers_kept"]): r for r in rows}
         if n_layers - 1 in by_k:
-            cost = difference(by_k[n_layers - 1]).words()
+            drop = difference(by_k[n_layers - 1])
+            if drop.loss:
+                return (
+                    f"Every layer counts here: dropping the top layer {drop.words()} of {metric}, more than "
+                    f"the {loss:g} point(s) allowed."
+                )
             return (
-                f"Every layer counts here: dropping the top layer {cost} of {metric}, more than the "
-                f"{loss:g} point(s) allowed."
+                f"No cut is recommended: dropping the top layer changes {metric} by {100 * drop.value:+.1f} "
+                f"points on these examples, more than the {loss:g} point(s) allowed, but its interval "
+                f"{drop.interval()} cannot tell that from no change; more analysis examples (--limit) would."
             )
         return "The model has one layer; nothing to drop."
     saved = 1 - int(best["params"]) / int(best["full_params"])
