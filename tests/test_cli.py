@@ -123,10 +123,10 @@ def test_compare_two_models(tmp_path, tiny_folder, capsys):
     )
     assert code == 0, capsys.readouterr().err
     rows = (out / "results" / "cka.csv").read_text().splitlines()
-    assert rows[0] == "model_a,layer_a,model_b,layer_b,measure,split,value"
+    assert rows[0] == "pooling,model_a,layer_a,model_b,layer_b,measure,split,value"
     # the same model twice: A and B agree exactly, layer by layer
-    same = [r.split(",") for r in rows[1:] if r.startswith("A,") and ",B," in r]
-    assert all(float(r[-1]) == pytest.approx(1.0) for r in same if r[1] == r[3])
+    same = [r for r in (row.split(",") for row in rows[1:]) if r[1] == "A" and r[3] == "B" and r[2] == r[4]]
+    assert same and all(float(r[-1]) == pytest.approx(1.0) for r in same)
     assert (out / "results" / "rsa.csv").exists() and (out / "report.html").exists()
     figures = {p.name for p in (out / "figures").iterdir()}
     assert {"linear_cka_A_vs_B.png", "rbf_cka_A_vs_A.png", "rsa_correlation_spearman_A_vs_B.png"} <= figures

@@ -46,6 +46,8 @@ def small_sst2(tmp_path_factory):
 
 def _config(tmp_path, model, **kwargs):
     kwargs.setdefault("finetune", False)
+    kwargs.setdefault("epochs", 1)  # the recipes of these tests: one epoch, no early stopping
+    kwargs.setdefault("patience", None)
     options = dict(kwargs.pop("options", {}))
     options["variability"] = {"limit": TRAIN_SUBSET, **options.get("variability", {})}
     kwargs["options"] = options
