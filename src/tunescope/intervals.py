@@ -35,17 +35,22 @@ from tunescope.metrics import _metric, compute_metric
 
 __all__ = [
     "INTERVAL_COLUMNS",
+    "MEASURED_COLUMNS",
     "Interval",
     "SeedSummary",
     "check_interval_options",
     "difference_interval",
     "mean_interval",
+    "measured",
     "metric_interval",
     "seed_summary",
 ]
 
 INTERVAL_COLUMNS = ("ci_low", "ci_high", "n_boot")
 """The columns an interval adds to a table row (:meth:`Interval.columns`)."""
+
+MEASURED_COLUMNS = ("value", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high", "n_boot")
+"""A measured metric with its interval and its paired difference from a reference (:func:`measured`)."""
 
 MIN_BOOT = 100
 """Fewest resamples an interval is computed from (fewer give unstable 2.5% quantiles)."""
@@ -78,6 +83,25 @@ class Interval:
     def columns(self) -> dict[str, Any]:
         """``{"ci_low", "ci_high", "n_boot"}`` for a table row."""
         return {"ci_low": self.low, "ci_high": self.high, "n_boot": self.n_boot}
+
+
+def measured(value: Interval, delta: Interval) -> dict[str, Any]:
+    """The :data:`MEASURED_COLUMNS` of a table row: a metric's interval and its paired difference's.
+
+    Example:
+        >>> same = difference_interval("accuracy", [1, 0] * 60, [1, 0] * 60, [1, 1] * 60, n_boot=100)
+        >>> measured(same, same)["delta_ci_high"]
+        0.0
+    """
+    return {
+        "value": value.value,
+        "ci_low": value.low,
+        "ci_high": value.high,
+        "delta": delta.value,
+        "delta_ci_low": delta.low,
+        "delta_ci_high": delta.high,
+        "n_boot": value.n_boot,
+    }
 
 
 def check_interval_options(n_boot: int, level: float) -> None:

@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tunescope.intervals import MEASURED_COLUMNS
+
 if TYPE_CHECKING:
     import torch
 
@@ -26,13 +28,7 @@ __all__ = ["COLUMNS", "evaluate_pair", "recommend", "truncation_sweep"]
 COLUMNS = (
     "layers_kept",
     "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "delta",
-    "delta_ci_low",
-    "delta_ci_high",
-    "n_boot",
+    *MEASURED_COLUMNS,
     "params",
     "seconds_per_batch",
 )
@@ -93,7 +89,7 @@ def truncation_sweep(
     """
     from tunescope._progress import track
     from tunescope.inference import predictions
-    from tunescope.intervals import check_interval_options
+    from tunescope.intervals import check_interval_options, measured
     from tunescope.surgery import count_parameters, truncate
 
     check_interval_options(n_boot, level)
@@ -117,13 +113,7 @@ def truncation_sweep(
             {
                 "layers_kept": keep,
                 "metric": metric,
-                "value": value.value,
-                "ci_low": value.low,
-                "ci_high": value.high,
-                "delta": delta.value,
-                "delta_ci_low": delta.low,
-                "delta_ci_high": delta.high,
-                "n_boot": n_boot,
+                **measured(value, delta),
                 "params": count_parameters(model),
                 "seconds_per_batch": elapsed / n_batches,
             }

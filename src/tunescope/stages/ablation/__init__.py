@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tunescope.intervals import MEASURED_COLUMNS, measured
 from tunescope.locations import format_layers
 from tunescope.pipeline import RunContext, Stage, Table
 
@@ -35,13 +36,7 @@ COLUMNS = (
     "ablation",
     "layers",
     "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "delta",
-    "delta_ci_low",
-    "delta_ci_high",
-    "n_boot",
+    *MEASURED_COLUMNS,
 )
 
 
@@ -112,13 +107,7 @@ def run(ctx: RunContext) -> list[Table]:
                 "ablation": kind,
                 "layers": format_layers(layers),
                 "metric": task.metric,
-                "value": value.value,
-                "ci_low": value.low,
-                "ci_high": value.high,
-                "delta": delta.value,
-                "delta_ci_low": delta.low,
-                "delta_ci_high": delta.high,
-                "n_boot": ctx.config.n_boot,
+                **measured(value, delta),
             }
         )
         del model

@@ -36,6 +36,7 @@ import torch
 
 from tunescope.errors import InputError
 from tunescope.heads import COHERENCE_COLUMNS, HEADS_COLUMNS, PRUNING_COLUMNS
+from tunescope.intervals import MEASURED_COLUMNS, measured
 from tunescope.options import option
 from tunescope.pipeline import RunContext, Stage, Table
 
@@ -96,13 +97,7 @@ TRANSFER_COLUMNS = (
     "ranked_by",
     "heads_pruned",
     "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "delta",
-    "delta_ci_low",
-    "delta_ci_high",
-    "n_boot",
+    *MEASURED_COLUMNS,
     "params",
     "train_seconds",
 )
@@ -441,13 +436,7 @@ def _transfer(
                 "ranked_by": ranked_by,
                 "heads_pruned": n_pruned,
                 "metric": metric,
-                "value": value.value,
-                "ci_low": value.low,
-                "ci_high": value.high,
-                "delta": delta.value,
-                "delta_ci_low": delta.low,
-                "delta_ci_high": delta.high,
-                "n_boot": ctx.config.n_boot,
+                **measured(value, delta),
                 "params": count_parameters(model),
                 "train_seconds": seconds,
             }
