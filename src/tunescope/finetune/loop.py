@@ -100,7 +100,7 @@ def _batches(lengths: Sequence[int], config: FinetuneConfig, epoch: int) -> list
     if not config.group_by_length:
         return [order[start : start + size] for start in range(0, n, size)]
     mega = size * max(1, min(MEGABATCH, -(-n // size) // MIN_MEGABATCHES))
-    batches = []
+    batches: list[list[int]] = []
     for start in range(0, n, mega):
         chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
         batches.extend(chunk[at : at + size] for at in range(0, len(chunk), size))
