@@ -20,7 +20,7 @@ from tunescope.errors import DataError, InputError, UnknownNameError
 from tunescope.finetune import FinetuneConfig, finetune
 from tunescope.inference import evaluate
 from tunescope.models import load_classifier
-from tunescope.testing.tiny import tiny_model
+from tunescope.testing.tiny import save_model, tiny_model
 
 pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_thread")]
 
@@ -645,3 +645,33 @@ def test_length_grouped_training_is_reproducible_for_a_seed(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     shuffled = _run(tmp_path, "c", epochs=2, seed=5, group_by_length=False)
     assert shuffled.history[0]["train_loss"] != first.history[0]["train_loss"]
+
+
+def test_features_are_tokenised_once_per_tokenizer_examples_and_length(tmp_path):
+    from tunescope.inference import _tokenise, features
+
+    examples = Examples(
+        ["a good film", "bad", "fine enough"], None, np.array([1, 0, 1]), "demo", "train", ("n", "p")
+    )
+    first = tiny_model("bert", num_layers=1)
+    second = load_classifier(
+        save_model(first, tmp_path / "copy"), num_labels=2
+    )  # another load, same tokenizer
+    calls = []
+
+    class Counting:
+        def __init__(self, tokenizer):
+            self.tokenizer = tokenizer
+            self.backend_tokenizer = tokenizer.backend_tokenizer
+
+        def __call__(self, *args, **kwargs):
+            calls.append(args)
+            return self.tokenizer(*args, **kwargs)
+
+    rows = features(Counting(first.tokenizer), examples, 16)
+    assert features(Counting(second.tokenizer), examples, 16) == rows and len(calls) == 1
+    assert rows == _tokenise(first.tokenizer, examples, 16)  # the cache changes no row
+    features(Counting(second.tokenizer), examples, 8)  # another length
+    relabelled = Examples(examples.texts, None, np.array([0, 0, 1]), "demo", "train", ("n", "p"))
+    assert [r["labels"] for r in features(Counting(second.tokenizer), relabelled, 16)] == [0, 0, 1]
+    assert len(calls) == 3

@@ -9,6 +9,11 @@ with the metrics of :mod:`tunescope.metrics`. The tokenisation and batching help
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -84,18 +89,72 @@ def max_length_for(tokenizer: Any, config: Any, max_length: int) -> int:
     return min(limit, max_length)
 
 
+_FEATURES: OrderedDict[tuple[str, str, int], list[dict[str, Any]]] = OrderedDict()
+_FEATURES_KEPT = 8  # tokenised example sets kept in memory (a run's splits and experiment subsets)
+_VOCABULARIES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _tokenizer_digest(tokenizer: Any) -> str:
+    """A hash of what a tokenizer does: its fast tokenizer's definition, else its class and vocabulary."""
+    try:
+        return _VOCABULARIES[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())])
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with contextlib.suppress(TypeError):
+        _VOCABULARIES[tokenizer] = digest
+    return digest
+
+
+def _examples_digest(examples: Examples | TokenExamples) -> str:
+    h = hashlib.sha256()
+    if isinstance(examples, TokenExamples):
+        h.update(json.dumps([examples.words, [list(map(int, t)) for t in examples.tags]]).encode())
+    else:
+        labels = None if examples.labels is None else examples.labels.tolist()
+        h.update(
+            json.dumps(
+                [list(examples.texts), examples.text_pairs and list(examples.text_pairs), labels]
+            ).encode()
+        )
+    return h.hexdigest()
+
+
 def features(tokenizer: Any, examples: Examples | TokenExamples, max_length: int) -> list[dict[str, Any]]:
-    """Tokenise examples into one dict per example (``input_ids``, ... and ``labels``).
+    """Tokenise examples into one dict per example (``input_ids``, ... and ``labels``), once per process.
 
     Sentence examples: one label per example (an int class id, or a float for regression; pairs are
     tokenised together). Token examples: ``labels`` per token, the word's tag on its first sub-token
     and ``-100`` (ignored by the loss and the metrics) on the other sub-tokens and special tokens;
     words cut off by ``max_length`` are not scored.
 
+    The rows are kept for the same tokenizer (by its definition, so two loads of one tokenizer share
+    them), examples and ``max_length``: the fine-tuning experiments of one run tokenise their data once.
+    Treat them as read-only.
+
     Raises:
         DataError: The examples have no labels.
         InputError: Token examples with a slow (Python) tokenizer, which has no ``word_ids``.
+
     """
+    key = (_tokenizer_digest(tokenizer), _examples_digest(examples), max_length)
+    if key in _FEATURES:
+        _FEATURES.move_to_end(key)
+        return list(_FEATURES[key])
+    rows = _tokenise(tokenizer, examples, max_length)
+    _FEATURES[key] = rows
+    while len(_FEATURES) > _FEATURES_KEPT:
+        _FEATURES.popitem(last=False)
+    return list(rows)
+
+
+def _tokenise(tokenizer: Any, examples: Examples | TokenExamples, max_length: int) -> list[dict[str, Any]]:
+    """:func:`features` without the cache."""
     if isinstance(examples, TokenExamples):
         if not getattr(tokenizer, "is_fast", False):
             raise InputError(
