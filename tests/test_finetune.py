@@ -675,3 +675,19 @@ def test_features_are_tokenised_once_per_tokenizer_examples_and_length(tmp_path)
     relabelled = Examples(examples.texts, None, np.array([0, 0, 1]), "demo", "train", ("n", "p"))
     assert [r["labels"] for r in features(Counting(second.tokenizer), relabelled, 16)] == [0, 0, 1]
     assert len(calls) == 3
+
+
+def test_features_of_one_vocabulary_follow_each_tokenizers_model_inputs():
+    # DistilBERT and MPNet load BERT's vocabulary but take no token_type_ids: the cache must not hand
+    # them the rows it kept for BERT (their forward fails on the extra input)
+    import copy
+
+    from tunescope.inference import features
+
+    examples = Examples(["a good film", "bad"], None, np.array([1, 0]), "demo", "train", ("n", "p"))
+    bert = tiny_model("bert", num_layers=1).tokenizer
+    without = copy.deepcopy(bert)
+    without.model_input_names = ["input_ids", "attention_mask"]
+    assert "token_type_ids" in features(bert, examples, 16)[0]
+    assert "token_type_ids" not in features(without, examples, 16)[0]
+    assert "token_type_ids" in features(bert, examples, 16)[0]

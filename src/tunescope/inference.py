@@ -95,7 +95,23 @@ _VOCABULARIES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _tokenizer_digest(tokenizer: Any) -> str:
-    """A hash of what a tokenizer does: its fast tokenizer's definition, else its class and vocabulary."""
+    """A hash of what a tokenizer gives a model: its definition, and which inputs it returns.
+
+    The definition is the fast tokenizer's ``tokenizer.json`` (else its class and vocabulary), hashed
+    once per tokenizer object. The settings kept in Python are read on every call, since models that
+    share one vocabulary differ in them: DistilBERT and MPNet load BERT's vocabulary without
+    ``token_type_ids`` in ``model_input_names``, and their forward does not accept that input.
+    """
+    settings = [
+        type(tokenizer).__name__,
+        list(getattr(tokenizer, "model_input_names", ()) or ()),
+        getattr(tokenizer, "padding_side", None),
+        getattr(tokenizer, "truncation_side", None),
+    ]
+    return hashlib.sha256(json.dumps([_definition_digest(tokenizer), settings]).encode()).hexdigest()
+
+
+def _definition_digest(tokenizer: Any) -> str:
     try:
         return _VOCABULARIES[tokenizer]
     except (KeyError, TypeError):
