@@ -214,6 +214,42 @@ def length_batches(rows: Sequence[dict[str, Any]], batch_size: int) -> Iterator[
         yield order[start : start + batch_size]
 
 
+BatchItems = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""One batch's ``(predictions, gold labels, row index of each item)``, as :func:`batch_items` gives them."""
+
+
+def batch_items(
+    logits: torch.Tensor, labels: torch.Tensor, idx: Sequence[int], *, kind: HeadKind, regression: bool
+) -> BatchItems:
+    """What one batch's ``logits`` predict, as in :func:`predict`, with the gold labels and owning rows.
+
+    Args:
+        logits: The head's output, ``(batch, n_labels)`` or ``(batch, seq_len, n_labels)`` for a tagger.
+        labels: The collated labels ``(batch,)`` or ``(batch, seq_len)``.
+        idx: The row index of each example in the batch.
+        kind, regression: The head kind and whether the labels are regression targets.
+    """
+    logits = logits.float().cpu()
+    if kind == "token":
+        keep = labels != IGNORE_INDEX
+        owners = np.broadcast_to(np.asarray(idx)[:, None], keep.shape)[keep.numpy()]
+        return logits.argmax(-1)[keep].numpy(), labels[keep].numpy(), owners
+    if regression:
+        return logits[:, 0].numpy(), labels.float().numpy(), np.asarray(idx)
+    return logits.argmax(-1).numpy(), labels.numpy(), np.asarray(idx)
+
+
+def in_row_order(parts: Sequence[BatchItems]) -> BatchItems:
+    """The batches' items concatenated and put back in the rows' order (words in order within a row)."""
+    owner = np.concatenate([p[2] for p in parts])
+    order = np.argsort(owner, kind="stable")
+    return (
+        np.concatenate([p[0] for p in parts])[order],
+        np.concatenate([p[1] for p in parts])[order],
+        owner[order],
+    )
+
+
 def predict(
     model: torch.nn.Module,
     rows: Sequence[dict[str, Any]],
@@ -239,35 +275,19 @@ def predict(
     """
     was_training = model.training
     model.eval()
-    preds: list[np.ndarray] = []
-    golds: list[np.ndarray] = []
-    owners: list[np.ndarray] = []
+    parts: list[BatchItems] = []
     batches = list(length_batches(rows, batch_size))
     try:
         with torch.inference_mode():
             for idx in track(batches, total=len(batches), description="evaluating", enabled=progress):
                 batch = collate([rows[i] for i in idx])
                 labels = batch.pop("labels")
-                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-                if kind == "token":
-                    keep = labels != IGNORE_INDEX
-                    preds.append(logits.argmax(-1)[keep].numpy())
-                    golds.append(labels[keep].numpy())
-                    owners.append(np.broadcast_to(np.asarray(idx)[:, None], keep.shape)[keep.numpy()])
-                elif regression:
-                    preds.append(logits[:, 0].numpy())
-                    golds.append(labels.float().numpy())
-                    owners.append(np.asarray(idx))
-                else:
-                    preds.append(logits.argmax(-1).numpy())
-                    golds.append(labels.numpy())
-                    owners.append(np.asarray(idx))
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+                parts.append(batch_items(logits, labels, idx, kind=kind, regression=regression))
     finally:
         model.train(was_training)
-    owner = np.concatenate(owners)
-    order = np.argsort(owner, kind="stable")  # back to the rows' order, words in order within a row
-    pred, gold = np.concatenate(preds)[order], np.concatenate(golds)[order]
-    return (pred, gold, owner[order]) if with_groups else (pred, gold)
+    pred, gold, owner = in_row_order(parts)
+    return (pred, gold, owner) if with_groups else (pred, gold)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -511,6 +531,56 @@ def predictions(
         >>> found.predictions.shape, found.labels.tolist(), found.groups.tolist()
         ((3,), [1, 0, 1], [0, 1, 2])
     """
+    inputs = prepare(encoder, examples, batch_size=batch_size, max_length=max_length, device=device)
+    pred, gold, groups = predict(
+        encoder.model,
+        inputs.rows,
+        inputs.collate,
+        kind=inputs.kind,
+        regression=inputs.regression,
+        batch_size=batch_size,
+        device=inputs.device,
+        progress=progress,
+        with_groups=True,
+    )
+    return Predictions(pred, gold, groups)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Examples tokenised for a task model, as :func:`predictions` feeds them (see :func:`prepare`).
+
+    Attributes:
+        rows: One tokenised example per row (:func:`features`).
+        collate: Pads a list of rows into a batch (:func:`collator`).
+        kind: The model's head kind.
+        regression: Whether the labels are regression targets.
+        device: Where the model is (batches go there).
+    """
+
+    rows: list[dict[str, Any]]
+    collate: Callable[[list[dict[str, Any]]], Any]
+    kind: HeadKind
+    regression: bool
+    device: torch.device
+
+
+def prepare(
+    encoder: Encoder,
+    examples: Examples | TokenExamples,
+    *,
+    batch_size: int,
+    max_length: int,
+    device: str | torch.device | None = None,
+) -> Inputs:
+    """Check that ``encoder``'s head fits ``examples``, move the model to ``device`` and tokenise.
+
+    The first half of :func:`predictions`, shared with :mod:`tunescope.replay`; arguments as there.
+
+    Raises:
+        InputError: ``batch_size`` below 1, or the model has no (suitable) task head.
+        DataError: The examples have no labels, or there are none.
+    """
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     kind, regression = _check_fits(encoder, examples, ())
@@ -524,15 +594,4 @@ def predictions(
     rows = features(encoder.tokenizer, examples, max_length_for(encoder.tokenizer, config, max_length))
     if not rows:
         raise DataError(f"{examples.task}: no examples to evaluate")
-    pred, gold, groups = predict(
-        model,
-        rows,
-        collator(encoder.tokenizer, kind),
-        kind=kind,
-        regression=regression,
-        batch_size=batch_size,
-        device=target,
-        progress=progress,
-        with_groups=True,
-    )
-    return Predictions(pred, gold, groups)
+    return Inputs(rows, collator(encoder.tokenizer, kind), kind, regression, target)
