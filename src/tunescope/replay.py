@@ -103,19 +103,12 @@ def _slot(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
     adapter = get_adapter(model)
     if adapter.shared_layers():
         return None
-    base = adapter.base_model(model)
-    for path in adapter.layer_list:
-        parent_path, _, name = path.rpartition(".")
-        try:
-            parent = base.get_submodule(parent_path) if parent_path else base
-        except AttributeError:
-            continue
-        stack = getattr(parent, name, None)
-        if isinstance(stack, nn.ModuleList):
-            n_layers = adapter.num_layers(model.config)
-            distinct = len({id(layer) for layer in stack}) == len(stack)
-            return (parent, name, stack) if len(stack) == n_layers and distinct else None
-    return None
+    found = adapter.layer_stack(model)
+    if found is None:
+        return None
+    stack = found[2]
+    distinct = len({id(layer) for layer in stack}) == len(stack)
+    return found if len(stack) == adapter.num_layers(model.config) and distinct else None
 
 
 def supported(model: Encoder | transformers.PreTrainedModel) -> bool:
