@@ -103,6 +103,8 @@ def plot_similarity_matrix(
         i, j = list(layers_a).index(first), list(layers_a).index(last)
         ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), j - i + 1, j - i + 1, fill=False, ec="cyan", lw=1.5))
     fig.colorbar(image, ax=ax, label=measure, shrink=0.85)
+    pair = label_a if label_a == label_b else f"{label_a} vs {label_b}"
+    ax.set_title(f"{measure}: {pair}", fontsize=9)
     return fig
 
 
