@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,3 +183,36 @@ def test_block_test_exact_and_linear_bootstrap_agree() -> None:
     assert exact.blocks == linear.blocks
     assert exact.p_value == linear.p_value == 0.0
     torch.testing.assert_close(exact.margins, linear.margins, atol=0.05, rtol=0.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 13, 25])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resample_margins_at_once_equal_one_by_one(n, seed):
+    from tunescope.similarity.blocks import _decreasing_fit, _labels, _margin, _margins_of_resamples, _segment
+
+    rng = np.random.default_rng(seed)
+    samples = []
+    for kind in range(12):  # random, banded, planted blocks, constant, and near-ties
+        if kind % 4 == 0:
+            m = rng.uniform(0, 1, (n, n))
+        elif kind % 4 == 1:
+            i = np.arange(n)
+            m = np.exp(-np.abs(i[:, None] - i[None, :]) / rng.uniform(1, n + 1)) + rng.normal(0, 0.03, (n, n))
+        elif kind % 4 == 2:
+            cut = np.sort(rng.choice(np.arange(1, max(n, 2)), size=min(2, max(n - 1, 0)), replace=False))
+            labels = np.searchsorted(cut, np.arange(n), side="right")
+            m = np.where(labels[:, None] == labels[None, :], 0.85, 0.35) + rng.normal(0, 0.05, (n, n))
+        else:
+            m = np.full((n, n), 0.5) if kind == 3 else np.round(rng.uniform(0, 1, (n, n)), 1)
+        m = (m + m.T) / 2
+        np.fill_diagonal(m, 1.0)
+        samples.append(m)
+    ms = np.stack(samples)
+    expected = [_margin(m, np.asarray(_labels(_segment(m, None, 1.0)[0]))) for m in ms]
+    np.testing.assert_allclose(_margins_of_resamples(ms), expected, rtol=1e-9, atol=1e-12)
+    if n > 1:
+        means, weights = rng.uniform(0, 1, (5, n - 1)), rng.integers(1, 9, n - 1).astype(float)
+        fits = [_decreasing_fit(row.tolist(), weights.tolist()) for row in means]
+        from tunescope.similarity.blocks import _decreasing_fit_many
+
+        np.testing.assert_allclose(_decreasing_fit_many(means, weights), fits, rtol=1e-12)

@@ -220,6 +220,21 @@ def test_rerun_skips_done_stages_and_report_rebuilds_from_tables(tmp_path, tiny_
     assert (root / "report.html").exists()
 
 
+def test_warm_rerun_does_no_model_work(tmp_path, tiny_folder):
+    """A second run of the same configuration runs no module forward at all (counted by a global hook)."""
+    import torch
+
+    config = _config(tmp_path, tiny_folder)
+    analyze(config, progress=False)
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: calls.append(type(m)))
+    try:
+        analyze(config, progress=False)
+    finally:
+        handle.remove()
+    assert calls == []
+
+
 def test_constant_layer_is_left_out_with_a_note(tmp_path, tiny_folder):
     root = analyze(_config(tmp_path, tiny_folder, pooling="cls", stages=("similarity",)), progress=False)
     layers = {r["layer_a"] for r in read_csv(root / "results" / "cka.csv")}

@@ -9,6 +9,11 @@ with the metrics of :mod:`tunescope.metrics`. The tokenisation and batching help
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -84,18 +89,88 @@ def max_length_for(tokenizer: Any, config: Any, max_length: int) -> int:
     return min(limit, max_length)
 
 
+_FEATURES: OrderedDict[tuple[str, str, int], list[dict[str, Any]]] = OrderedDict()
+_FEATURES_KEPT = 8  # tokenised example sets kept in memory (a run's splits and experiment subsets)
+_VOCABULARIES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _tokenizer_digest(tokenizer: Any) -> str:
+    """A hash of what a tokenizer gives a model: its definition, and which inputs it returns.
+
+    The definition is the fast tokenizer's ``tokenizer.json`` (else its class and vocabulary), hashed
+    once per tokenizer object. The settings kept in Python are read on every call, since models that
+    share one vocabulary differ in them: DistilBERT and MPNet load BERT's vocabulary without
+    ``token_type_ids`` in ``model_input_names``, and their forward does not accept that input.
+    """
+    settings = [
+        type(tokenizer).__name__,
+        list(getattr(tokenizer, "model_input_names", ()) or ()),
+        getattr(tokenizer, "padding_side", None),
+        getattr(tokenizer, "truncation_side", None),
+    ]
+    return hashlib.sha256(json.dumps([_definition_digest(tokenizer), settings]).encode()).hexdigest()
+
+
+def _definition_digest(tokenizer: Any) -> str:
+    try:
+        return _VOCABULARIES[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())])
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with contextlib.suppress(TypeError):
+        _VOCABULARIES[tokenizer] = digest
+    return digest
+
+
+def _examples_digest(examples: Examples | TokenExamples) -> str:
+    h = hashlib.sha256()
+    if isinstance(examples, TokenExamples):
+        h.update(json.dumps([examples.words, [list(map(int, t)) for t in examples.tags]]).encode())
+    else:
+        labels = None if examples.labels is None else examples.labels.tolist()
+        h.update(
+            json.dumps(
+                [list(examples.texts), examples.text_pairs and list(examples.text_pairs), labels]
+            ).encode()
+        )
+    return h.hexdigest()
+
+
 def features(tokenizer: Any, examples: Examples | TokenExamples, max_length: int) -> list[dict[str, Any]]:
-    """Tokenise examples into one dict per example (``input_ids``, ... and ``labels``).
+    """Tokenise examples into one dict per example (``input_ids``, ... and ``labels``), once per process.
 
     Sentence examples: one label per example (an int class id, or a float for regression; pairs are
     tokenised together). Token examples: ``labels`` per token, the word's tag on its first sub-token
     and ``-100`` (ignored by the loss and the metrics) on the other sub-tokens and special tokens;
     words cut off by ``max_length`` are not scored.
 
+    The rows are kept for the same tokenizer (by its definition, so two loads of one tokenizer share
+    them), examples and ``max_length``: the fine-tuning experiments of one run tokenise their data once.
+    Treat them as read-only.
+
     Raises:
         DataError: The examples have no labels.
         InputError: Token examples with a slow (Python) tokenizer, which has no ``word_ids``.
+
     """
+    key = (_tokenizer_digest(tokenizer), _examples_digest(examples), max_length)
+    if key in _FEATURES:
+        _FEATURES.move_to_end(key)
+        return list(_FEATURES[key])
+    rows = _tokenise(tokenizer, examples, max_length)
+    _FEATURES[key] = rows
+    while len(_FEATURES) > _FEATURES_KEPT:
+        _FEATURES.popitem(last=False)
+    return list(rows)
+
+
+def _tokenise(tokenizer: Any, examples: Examples | TokenExamples, max_length: int) -> list[dict[str, Any]]:
+    """:func:`features` without the cache."""
     if isinstance(examples, TokenExamples):
         if not getattr(tokenizer, "is_fast", False):
             raise InputError(
@@ -139,6 +214,42 @@ def length_batches(rows: Sequence[dict[str, Any]], batch_size: int) -> Iterator[
         yield order[start : start + batch_size]
 
 
+BatchItems = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""One batch's ``(predictions, gold labels, row index of each item)``, as :func:`batch_items` gives them."""
+
+
+def batch_items(
+    logits: torch.Tensor, labels: torch.Tensor, idx: Sequence[int], *, kind: HeadKind, regression: bool
+) -> BatchItems:
+    """What one batch's ``logits`` predict, as in :func:`predict`, with the gold labels and owning rows.
+
+    Args:
+        logits: The head's output, ``(batch, n_labels)`` or ``(batch, seq_len, n_labels)`` for a tagger.
+        labels: The collated labels ``(batch,)`` or ``(batch, seq_len)``.
+        idx: The row index of each example in the batch.
+        kind, regression: The head kind and whether the labels are regression targets.
+    """
+    logits = logits.float().cpu()
+    if kind == "token":
+        keep = labels != IGNORE_INDEX
+        owners = np.broadcast_to(np.asarray(idx)[:, None], keep.shape)[keep.numpy()]
+        return logits.argmax(-1)[keep].numpy(), labels[keep].numpy(), owners
+    if regression:
+        return logits[:, 0].numpy(), labels.float().numpy(), np.asarray(idx)
+    return logits.argmax(-1).numpy(), labels.numpy(), np.asarray(idx)
+
+
+def in_row_order(parts: Sequence[BatchItems]) -> BatchItems:
+    """The batches' items concatenated and put back in the rows' order (words in order within a row)."""
+    owner = np.concatenate([p[2] for p in parts])
+    order = np.argsort(owner, kind="stable")
+    return (
+        np.concatenate([p[0] for p in parts])[order],
+        np.concatenate([p[1] for p in parts])[order],
+        owner[order],
+    )
+
+
 def predict(
     model: torch.nn.Module,
     rows: Sequence[dict[str, Any]],
@@ -164,35 +275,19 @@ def predict(
     """
     was_training = model.training
     model.eval()
-    preds: list[np.ndarray] = []
-    golds: list[np.ndarray] = []
-    owners: list[np.ndarray] = []
+    parts: list[BatchItems] = []
     batches = list(length_batches(rows, batch_size))
     try:
         with torch.inference_mode():
             for idx in track(batches, total=len(batches), description="evaluating", enabled=progress):
                 batch = collate([rows[i] for i in idx])
                 labels = batch.pop("labels")
-                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-                if kind == "token":
-                    keep = labels != IGNORE_INDEX
-                    preds.append(logits.argmax(-1)[keep].numpy())
-                    golds.append(labels[keep].numpy())
-                    owners.append(np.broadcast_to(np.asarray(idx)[:, None], keep.shape)[keep.numpy()])
-                elif regression:
-                    preds.append(logits[:, 0].numpy())
-                    golds.append(labels.float().numpy())
-                    owners.append(np.asarray(idx))
-                else:
-                    preds.append(logits.argmax(-1).numpy())
-                    golds.append(labels.numpy())
-                    owners.append(np.asarray(idx))
+                logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+                parts.append(batch_items(logits, labels, idx, kind=kind, regression=regression))
     finally:
         model.train(was_training)
-    owner = np.concatenate(owners)
-    order = np.argsort(owner, kind="stable")  # back to the rows' order, words in order within a row
-    pred, gold = np.concatenate(preds)[order], np.concatenate(golds)[order]
-    return (pred, gold, owner[order]) if with_groups else (pred, gold)
+    pred, gold, owner = in_row_order(parts)
+    return (pred, gold, owner) if with_groups else (pred, gold)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -436,6 +531,56 @@ def predictions(
         >>> found.predictions.shape, found.labels.tolist(), found.groups.tolist()
         ((3,), [1, 0, 1], [0, 1, 2])
     """
+    inputs = prepare(encoder, examples, batch_size=batch_size, max_length=max_length, device=device)
+    pred, gold, groups = predict(
+        encoder.model,
+        inputs.rows,
+        inputs.collate,
+        kind=inputs.kind,
+        regression=inputs.regression,
+        batch_size=batch_size,
+        device=inputs.device,
+        progress=progress,
+        with_groups=True,
+    )
+    return Predictions(pred, gold, groups)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Examples tokenised for a task model, as :func:`predictions` feeds them (see :func:`prepare`).
+
+    Attributes:
+        rows: One tokenised example per row (:func:`features`).
+        collate: Pads a list of rows into a batch (:func:`collator`).
+        kind: The model's head kind.
+        regression: Whether the labels are regression targets.
+        device: Where the model is (batches go there).
+    """
+
+    rows: list[dict[str, Any]]
+    collate: Callable[[list[dict[str, Any]]], Any]
+    kind: HeadKind
+    regression: bool
+    device: torch.device
+
+
+def prepare(
+    encoder: Encoder,
+    examples: Examples | TokenExamples,
+    *,
+    batch_size: int,
+    max_length: int,
+    device: str | torch.device | None = None,
+) -> Inputs:
+    """Check that ``encoder``'s head fits ``examples``, move the model to ``device`` and tokenise.
+
+    The first half of :func:`predictions`, shared with :mod:`tunescope.replay`; arguments as there.
+
+    Raises:
+        InputError: ``batch_size`` below 1, or the model has no (suitable) task head.
+        DataError: The examples have no labels, or there are none.
+    """
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     kind, regression = _check_fits(encoder, examples, ())
@@ -449,15 +594,4 @@ def predictions(
     rows = features(encoder.tokenizer, examples, max_length_for(encoder.tokenizer, config, max_length))
     if not rows:
         raise DataError(f"{examples.task}: no examples to evaluate")
-    pred, gold, groups = predict(
-        model,
-        rows,
-        collator(encoder.tokenizer, kind),
-        kind=kind,
-        regression=regression,
-        batch_size=batch_size,
-        device=target,
-        progress=progress,
-        with_groups=True,
-    )
-    return Predictions(pred, gold, groups)
+    return Inputs(rows, collator(encoder.tokenizer, kind), kind, regression, target)

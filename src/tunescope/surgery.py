@@ -184,22 +184,15 @@ def _truncate_shared(adapter: SharedLayerAdapter, model: nn.Module, keep: int) -
 
 def _truncate_stack(adapter: ArchitectureAdapter, model: nn.Module, keep: int) -> None:
     """Keep the first ``keep`` modules of the family's layer ``ModuleList``."""
-    base = adapter.base_model(model)
-    for path in adapter.layer_list:
-        parent_path, _, name = path.rpartition(".")
-        try:
-            parent = base.get_submodule(parent_path) if parent_path else base
-        except AttributeError:
-            continue
-        stack = getattr(parent, name, None)
-        if isinstance(stack, nn.ModuleList):
-            setattr(parent, name, nn.ModuleList(list(stack)[:keep]))
-            if isinstance(getattr(parent, "n_layers", None), int):  # DistilBERT's Transformer caches it
-                setattr(parent, "n_layers", keep)  # noqa: B010
-            return
-    raise UnsupportedArchitectureError(
-        f"{adapter.family} model has no layer list at {' or '.join(adapter.layer_list)}"
-    )
+    found = adapter.layer_stack(model)
+    if found is None:
+        raise UnsupportedArchitectureError(
+            f"{adapter.family} model has no layer list at {' or '.join(adapter.layer_list)}"
+        )
+    parent, name, stack = found
+    setattr(parent, name, nn.ModuleList(list(stack)[:keep]))
+    if isinstance(getattr(parent, "n_layers", None), int):  # DistilBERT's Transformer caches it
+        setattr(parent, "n_layers", keep)  # noqa: B010
 
 
 def truncate(model: ModelT, keep: int) -> ModelT:

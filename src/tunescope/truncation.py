@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from tunescope.data import Examples, Task
+    from tunescope.inference import Predictions
     from tunescope.models import Encoder
 
 __all__ = ["COLUMNS", "evaluate_pair", "recommend", "truncation_sweep"]
@@ -52,12 +53,21 @@ def truncation_sweep(
     """The task metric of ``tuned`` cut after layer k, for k = L..1, without retraining, with intervals.
 
     Each row is the evaluation of :func:`tunescope.surgery.truncate` ``(tuned, k)`` on ``examples``
-    with the task's primary metric (:func:`tunescope.inference.predictions`); ``seconds_per_batch`` is
-    that evaluation's wall-clock time (tokenisation, forward passes) divided by the number of batches,
-    after one untimed warm-up batch. ``ci_low``/``ci_high`` is the percentile bootstrap interval of the
-    metric over examples and ``delta`` (value minus the full model's) has a paired interval
-    (:mod:`tunescope.intervals`): the predictions are resampled, the models are not re-run. Every row
-    uses the same ``seed``, so the resamples are the same examples throughout the sweep.
+    with the task's primary metric: the predictions :func:`tunescope.inference.predictions` gives for
+    the cut model. They come from one pass of ``tuned`` per batch (:mod:`tunescope.replay`): the model
+    cut after layer k is its head (pooler and classifier) on layer k's output, so every layer runs once
+    per batch and each cut adds only the embeddings and the head. ALBERT, whose positions share one
+    layer module, is evaluated one cut model at a time instead.
+
+    ``seconds_per_batch`` is the time one batch takes through the cut model: its share of the
+    tokenisation, collation, the embeddings, layers 1..k (timed inside the shared pass), the head and
+    reading the logits back; for ALBERT, that cut model's own evaluation time over the number of
+    batches. Both are measured after one untimed warm-up batch.
+
+    ``ci_low``/``ci_high`` is the percentile bootstrap interval of the metric over examples and
+    ``delta`` (value minus the full model's) has a paired interval (:mod:`tunescope.intervals`): the
+    predictions are resampled, the models are not re-run. Every row uses the same ``seed``, so the
+    resamples are the same examples throughout the sweep.
 
     Args:
         tuned: A fine-tuned sequence classifier (e.g. from :func:`tunescope.load_classifier`).
@@ -87,26 +97,21 @@ def truncation_sweep(
         >>> [r["layers_kept"] for r in rows], rows[0]["metric"]
         ([3, 2, 1], 'accuracy')
     """
-    from tunescope._progress import track
     from tunescope.inference import predictions
     from tunescope.intervals import check_interval_options, measured
-    from tunescope.surgery import count_parameters, truncate
+    from tunescope.replay import supported
 
     check_interval_options(n_boot, level)
     metric = task.metric
-    n_batches = max(1, -(-len(examples) // batch_size))
     # one untimed batch first, so the first row's time does not include one-off costs (imports, caches)
     predictions(tuned, examples.head(batch_size), batch_size=batch_size, max_length=max_length, device=device)
+    keeps = list(range(tuned.num_layers, 0, -1))
+    options: dict[str, Any] = {"batch_size": batch_size, "max_length": max_length, "device": device}
+    sweep = _replayed if supported(tuned) else _one_by_one
+    evaluated = sweep(tuned, examples, keeps, progress=progress, **options)
     rows = []
-    full = None
-    keeps = range(tuned.num_layers, 0, -1)
-    for keep in track(keeps, total=len(keeps), description="truncation sweep", enabled=progress):
-        model = truncate(tuned, keep)
-        start = time.perf_counter()
-        found = predictions(model, examples, batch_size=batch_size, max_length=max_length, device=device)
-        elapsed = time.perf_counter() - start
-        if full is None:
-            full = found
+    full = evaluated[0][0]
+    for keep, (found, params, seconds) in zip(keeps, evaluated, strict=True):
         value = found.interval(metric, n_boot=n_boot, level=level, seed=seed)
         delta = full.difference(found, metric, n_boot=n_boot, level=level, seed=seed)
         rows.append(
@@ -114,11 +119,57 @@ def truncation_sweep(
                 "layers_kept": keep,
                 "metric": metric,
                 **measured(value, delta),
-                "params": count_parameters(model),
-                "seconds_per_batch": elapsed / n_batches,
+                "params": params,
+                "seconds_per_batch": seconds,
             }
         )
     return rows
+
+
+_Evaluated = tuple["Predictions", int, float]
+"""One cut model's predictions, parameter count and seconds per batch."""
+
+
+def _replayed(
+    tuned: Encoder, examples: Examples, keeps: Sequence[int], *, progress: bool, **options: Any
+) -> list[_Evaluated]:
+    """Every cut from one pass of ``tuned`` per batch: layer k's recorded output, then the head."""
+    from tunescope.replay import Variant, layers_swapped, replay_predictions
+    from tunescope.surgery import count_parameters
+
+    found = replay_predictions(
+        tuned,
+        examples,
+        [Variant(k) for k in keeps],
+        progress=progress,
+        description="truncation sweep",
+        **options,
+    )
+    layers = tuned.adapter.layers(tuned.model)
+    evaluated = []
+    for keep, replayed in zip(keeps, found, strict=True):
+        with layers_swapped(tuned, layers[:keep]):  # the parameters of truncate(tuned, keep), without a copy
+            params = count_parameters(tuned)
+        evaluated.append((replayed.predictions, params, replayed.seconds_per_batch))
+    return evaluated
+
+
+def _one_by_one(
+    tuned: Encoder, examples: Examples, keeps: Sequence[int], *, progress: bool, **options: Any
+) -> list[_Evaluated]:
+    """Each cut model evaluated on its own: for ALBERT, where one layer module serves every position."""
+    from tunescope._progress import track
+    from tunescope.inference import predictions
+    from tunescope.surgery import count_parameters, truncate
+
+    n_batches = max(1, -(-len(examples) // options["batch_size"]))
+    evaluated = []
+    for keep in track(keeps, total=len(keeps), description="truncation sweep", enabled=progress):
+        model = truncate(tuned, keep)
+        start = time.perf_counter()
+        found = predictions(model, examples, **options)
+        evaluated.append((found, count_parameters(model), (time.perf_counter() - start) / n_batches))
+    return evaluated
 
 
 def recommend(rows: Sequence[dict[str, Any]], points: float = 1.0) -> dict[str, Any] | None:

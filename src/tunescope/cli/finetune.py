@@ -48,6 +48,13 @@ def finetune(
             help="Stop once the validation metric has not improved for N epochs (--epochs: the most).",
         ),
     ] = None,
+    group_by_length: Annotated[
+        bool,
+        typer.Option(
+            "--group-by-length/--random-batches",
+            help="Batch examples of similar length together (less padding) or shuffle them at random.",
+        ),
+    ] = True,
     train_limit: Annotated[
         int | None, typer.Option("--train-limit", min=0, help="Use the first N training examples (0 = all).")
     ] = None,
@@ -130,6 +137,7 @@ def finetune(
         adapter_layers=opt.layer_list(adapter_layers, "--adapter-layers"),
         keep_best=keep_best,
         patience=patience,
+        group_by_length=group_by_length,
     )
     tokens = _token_data(
         conllu=conllu,

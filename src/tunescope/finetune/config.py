@@ -31,6 +31,15 @@ def _layer_tuple(value: Any, name: str) -> tuple[int, ...] | None:
     return layers
 
 
+MEGABATCH = 50
+"""Batches per length-sorted mega-batch with ``group_by_length`` (as transformers' ``LengthGroupedSampler``):
+large enough that a mega-batch's lengths are close together, small enough that batches stay random."""
+
+MIN_MEGABATCHES = 4
+"""Mega-batches are made smaller so that an epoch has at least this many: sorted by length, one mega-batch
+holding all the data would put the same examples together in every epoch."""
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """How to fine-tune: optimisation, which parameters train, evaluation and model selection.
@@ -62,6 +71,13 @@ class FinetuneConfig:
             stops early ends with the learning rate partway down, and its epochs up to the stop are
             exactly those of the same run without ``patience``.
         max_grad_norm: Gradients are clipped to this global L2 norm.
+        group_by_length: Batch examples of similar length together, so little of each batch is
+            padding: every epoch the shuffled examples are cut into mega-batches of
+            :data:`MEGABATCH` batches (fewer on small data: :data:`MIN_MEGABATCHES`), each sorted by
+            length and split into batches, and the batches are shuffled (the longest one first, so a
+            batch that does not fit in memory fails at once). ``False``: batches of randomly shuffled
+            examples. Either way every example is seen once per epoch, in an order that depends only
+            on ``(seed, epoch)``.
     """
 
     epochs: int = 1
@@ -81,6 +97,7 @@ class FinetuneConfig:
     keep_best: bool = True
     max_grad_norm: float = 1.0
     patience: int | None = None
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_layers", _layer_tuple(self.train_layers, "train_layers"))

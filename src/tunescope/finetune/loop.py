@@ -39,7 +39,7 @@ from tunescope.finetune.checkpoints import (
     _rng_state,
     _write_checkpoint,
 )
-from tunescope.finetune.config import FinetuneConfig, FinetuneResult
+from tunescope.finetune.config import MEGABATCH, MIN_MEGABATCHES, FinetuneConfig, FinetuneResult
 from tunescope.finetune.labels import _Labels
 from tunescope.finetune.model import _export, _parameter_counts
 from tunescope.finetune.record import RESULT_FILE, _Progress, _record, _result_from_json
@@ -84,11 +84,31 @@ def _optimizer(net: nn.Module, config: FinetuneConfig, n_rows: int) -> tuple[tor
     return optimizer, scheduler
 
 
-def _shuffled(n: int, batch_size: int, seed: int, epoch: int) -> Iterator[list[int]]:
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+def _batches(lengths: Sequence[int], config: FinetuneConfig, epoch: int) -> list[list[int]]:
+    """Epoch ``epoch``'s batches of row indices; the order depends only on ``(config.seed, epoch)``.
+
+    Random: a seeded permutation cut into batches. With ``config.group_by_length``: that permutation cut
+    into mega-batches of :data:`MEGABATCH` batches (fewer when the epoch has under
+    :data:`MIN_MEGABATCHES` of them, so that which examples share a batch still changes from epoch to
+    epoch on small data), each sorted by length (longest first, ties in shuffled order) and cut into
+    batches; the batches are then shuffled with the longest first. Either way there are
+    ``ceil(n / batch_size)`` batches and every row is in exactly one.
+    """
+    n, size = len(lengths), config.batch_size
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     order = torch.randperm(n, generator=generator).tolist()
-    for start in range(0, n, batch_size):
-        yield order[start : start + batch_size]
+    if not config.group_by_length:
+        return [order[start : start + size] for start in range(0, n, size)]
+    mega = size * max(1, min(MEGABATCH, -(-n // size) // MIN_MEGABATCHES))
+    batches: list[list[int]] = []
+    for start in range(0, n, mega):
+        chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        batches.extend(chunk[at : at + size] for at in range(0, len(chunk), size))
+    batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]], default=0)
+    if batches:
+        batches[0], batches[longest] = batches[longest], batches[0]
+    return batches
 
 
 def _train_epoch(
@@ -107,7 +127,7 @@ def _train_epoch(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     total, seen = 0.0, 0
-    batches = list(_shuffled(len(rows), config.batch_size, config.seed, epoch))
+    batches = _batches([len(row["input_ids"]) for row in rows], config, epoch)
     description = f"epoch {epoch}/{config.epochs}"
     for idx in track(batches, total=len(batches), description=description, enabled=progress):
         batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
@@ -207,7 +227,15 @@ def _train(
             run.epoch - run.since_best(metric),
             config.patience,
         )
-    record = _record(key, labels, config, run, trainable=trainable, total=total)
+    record = _record(
+        key,
+        labels,
+        config,
+        run,
+        trainable=trainable,
+        total=total,
+        examples=(len(train_rows), len(val_rows)),
+    )
     return _finish(net, tokenizer, out, record, last_epoch=run.epoch)
 
 

@@ -119,8 +119,13 @@ def _record(
     *,
     trainable: int,
     total: int,
+    examples: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
-    """The finished run's ``tunescope_finetune.json``: config, history, the kept epoch, counts, versions."""
+    """The finished run's ``tunescope_finetune.json``: config, history, the kept epoch, counts, versions.
+
+    ``examples``: the numbers of training and validation examples (``train_examples``,
+    ``validation_examples``; what training throughput is measured against).
+    """
     return {
         "format": _FORMAT,
         "key": key,
@@ -136,6 +141,8 @@ def _record(
         "train_seconds": float(sum(h["seconds"] for h in run.history)),
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "train_examples": examples[0],
+        "validation_examples": examples[1],
         "config": dataclasses.asdict(config),
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }

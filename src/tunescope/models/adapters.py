@@ -189,6 +189,23 @@ class ArchitectureAdapter:
         """The embeddings module (its output precedes any ELECTRA/ALBERT projection to ``d_model``)."""
         return self._find(self.base_model(model), ("embeddings",), "embeddings")
 
+    def layer_stack(self, model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
+        """``(parent, attribute, ModuleList)``: where the layer list lives, for code that replaces it.
+
+        The first of the ``layer_list`` paths that holds a ``ModuleList``; ``None`` where none does.
+        """
+        base = self.base_model(model)
+        for path in self.layer_list:
+            parent_path, _, name = path.rpartition(".")
+            try:
+                parent = base.get_submodule(parent_path) if parent_path else base
+            except AttributeError:
+                continue
+            stack = getattr(parent, name, None)
+            if isinstance(stack, nn.ModuleList):
+                return parent, name, stack
+        return None
+
     def layers(self, model: nn.Module) -> list[nn.Module]:
         """The ``L`` transformer layers in order (index 0 is layer 1)."""
         stack = self._find(self.base_model(model), self.layer_list, "layer list")

@@ -226,6 +226,90 @@ def _margin(m: np.ndarray, labels: np.ndarray) -> float:
     return (rss_decay - rss_block) / tss
 
 
+def _segment_many(ms: np.ndarray) -> np.ndarray:
+    """The (B, n) block labels of :func:`_segment` (``n_blocks=None``, ``resolution=1``) of each of ``ms``.
+
+    The same dynamic programme, run over the resamples as arrays; ties go to the earliest block start
+    and, between numbers of blocks, to the fewest blocks, as in :func:`_segment`.
+    """
+    b, n = ms.shape[0], ms.shape[1]
+    off = ~np.eye(n, dtype=bool)
+    mean = ms[:, off].mean(axis=1) if n > 1 else np.zeros(b)
+    gain = np.where(off, ms - mean[:, None, None], 0.0)
+    prefix = np.zeros((b, n + 1, n + 1))
+    prefix[:, 1:, 1:] = gain.cumsum(1).cumsum(2)
+    diag = prefix[:, np.arange(n + 1), np.arange(n + 1)]
+    w = (
+        diag[:, None, 1:] - prefix[:, :-1, 1:] - prefix[:, 1:, :-1].transpose(0, 2, 1) + diag[:, :-1, None]
+    ) / 2
+    best = np.full((b, n + 1, n), -np.inf)
+    start = np.zeros((b, n + 1, n), dtype=np.int64)
+    best[:, 1] = w[:, 0]
+    for k in range(2, n + 1):
+        for j in range(k - 1, n):
+            firsts = np.arange(k - 1, j + 1)
+            values = best[:, k - 1, firsts - 1] + w[:, firsts, j]
+            pick = values.argmax(axis=1)
+            best[:, k, j] = values[np.arange(b), pick]
+            start[:, k, j] = firsts[pick]
+    k = np.round(best[:, 1:, n - 1], 12).argmax(axis=1) + 1  # the first maximum: the fewest blocks
+    labels = np.zeros((b, n), dtype=np.int64)
+    stop = np.full(b, n - 1)
+    positions = np.arange(n)
+    for _ in range(n):
+        active = k >= 1
+        if not active.any():
+            break
+        first = np.where(k > 1, start[np.arange(b), np.maximum(k, 1), np.maximum(stop, 0)], 0)
+        inside = active[:, None] & (positions >= first[:, None]) & (positions <= stop[:, None])
+        labels[inside] = np.broadcast_to((k - 1)[:, None], (b, n))[inside]
+        stop, k = first - 1, k - 1
+    return labels
+
+
+def _decreasing_fit_many(means: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """:func:`_decreasing_fit` of each row of ``means`` (B, D), by the min-max formula of isotonic regression.
+
+    ``fit_t = min over s <= t of max over u >= t of mean(s..u)`` (weighted means of runs; Barlow et al.
+    1972), the non-increasing least-squares fit.
+    """
+    b, d = means.shape
+    total = np.concatenate([np.zeros((b, 1)), np.cumsum(means * weights, axis=1)], axis=1)
+    mass = np.concatenate([[0.0], np.cumsum(weights)])
+    s, u = np.meshgrid(np.arange(d), np.arange(d), indexing="ij")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        runs = (total[:, u + 1] - total[:, s]) / (mass[u + 1] - mass[s])
+    runs = np.where(u >= s, runs, -np.inf)
+    later = np.flip(np.maximum.accumulate(np.flip(runs, axis=2), axis=2), axis=2)  # max over u >= t
+    later = np.where(s <= u, later, np.inf)  # [s, t] with t in the u axis: only s <= t
+    return later.min(axis=1)
+
+
+def _margins_of_resamples(ms: np.ndarray) -> np.ndarray:
+    """The margin of each of ``ms`` (B, n, n) with its own blocks: :func:`_margin` of :func:`_segment`."""
+    b, n = ms.shape[0], ms.shape[1]
+    labels = _segment_many(ms)
+    rows, cols = np.triu_indices(n, 1)
+    x = ms[:, rows, cols]
+    if x.shape[1] < 2:
+        return np.zeros(b)
+    tss = ((x - x.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    distance = cols - rows
+    counts = np.bincount(distance, minlength=n)[1:].astype(np.float64)
+    sums = np.stack([np.bincount(distance, weights=row, minlength=n)[1:] for row in x])
+    fit = _decreasing_fit_many(sums / counts, counts)
+    rss_decay = ((x - fit[:, distance - 1]) ** 2).sum(axis=1)
+    cell = labels[:, rows] * n + labels[:, cols] + (np.arange(b) * n * n)[:, None]
+    cell_sums = np.bincount(cell.ravel(), weights=x.ravel(), minlength=b * n * n)
+    cell_counts = np.bincount(cell.ravel(), minlength=b * n * n)
+    cell_means = cell_sums / np.maximum(cell_counts, 1)
+    rss_block = ((x - cell_means[cell]) ** 2).sum(axis=1)
+    flat = tss <= 1e-12 * np.maximum(1.0, (x**2).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        margins = (rss_decay - rss_block) / tss
+    return np.where(flat, 0.0, margins)
+
+
 def block_margin(matrix: Tensor, blocks: list[tuple[int, int]] | None = None) -> float:
     """The ``margin`` of a block model over the decay model (module docstring) for given blocks.
 
@@ -284,12 +368,8 @@ class BlockTest:
             raise MeasureError(
                 f"samples must be (n_boot, {matrix.shape[0]}, {matrix.shape[0]}); got {values.shape}"
             )
-        margins = []
-        for sample in values:
-            sample = (sample + sample.T) / 2
-            blocks, _ = _segment(sample, None, 1.0)
-            margins.append(_margin(sample, np.asarray(_labels(blocks))))
-        margin_t = torch.tensor(margins, dtype=torch.float64)
+        margins = _margins_of_resamples((values + values.transpose(0, 2, 1)) / 2)
+        margin_t = torch.from_numpy(margins)
         p_value = float((margin_t <= MARGIN_THRESHOLD).double().mean())
         return cls(found, p_value, level, margin_t)
 

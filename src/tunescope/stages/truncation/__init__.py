@@ -3,9 +3,10 @@
 Phang et al. (2021) found that the top layers of a fine-tuned encoder can often be dropped with little
 loss. For k = L..1 the tuned classifier is cut after layer k (pooler and classifier kept; see
 :func:`tunescope.surgery.truncate`) and evaluated on the run's analysis split with the task's metric.
-Runs when the run has a fine-tuned model with a classifier head for the task (``--tuned``, or the one
-the ``finetune`` stage trains). ``tunescope truncate`` runs the same sweep through
-:func:`truncation_sweep`.
+The L cuts are computed from one pass of the tuned model per batch, each cut adding only the head on
+layer k's output (:func:`truncation_sweep`). Runs when the run has a fine-tuned model with a classifier
+head for the task (``--tuned``, or the one the ``finetune`` stage trains). ``tunescope truncate`` runs
+the same sweep through :func:`truncation_sweep`.
 
 Writes ``truncation.csv`` (one row per k, each metric with its bootstrap interval over examples and its
 difference from the full model with a paired interval) and ``truncation_recommendation.csv``: the fewest

@@ -1,0 +1,140 @@
+"""Training throughput: ``finetune`` against a bare training loop, and length-grouped vs random batches.
+
+    python -m benchmarks.bench_training [--quick] [--device cpu|cuda] [--train N] [--model DIR]
+
+Every fine-tuning experiment of ``analyze`` (the run's model, FFN removal, the selection arms,
+prune-then-tune, every seed) goes through :func:`tunescope.finetune.finetune`, so its seconds per
+training example are the training stages' cost. On two sets of training texts, the embedded MiniLM with
+a fresh seeded head, batch 32, ``max_length`` 128, one epoch at 5e-5:
+
+* ``movie``: the first N movie-sentiment training snippets (short: 27 tokens on average);
+* ``lognormal``: N texts of movie-corpus words with log-normal lengths (``bench_extract``'s skewed set,
+  most short, a tail cut at 128 tokens), labelled at random (only the speed is measured).
+
+Three ways to train each set, side by side in one process, from the same weights:
+
+* ``bare``: the floor. Tokenised and padded into length-grouped batches before the clock starts, then
+  only forward, backward, ``AdamW.step`` and ``zero_grad``;
+* ``grouped``: ``finetune`` as ``analyze`` runs it (``group_by_length=True``: tokenisation, collation,
+  gradient clipping, the schedule, the checkpoint after the epoch; its recorded training seconds);
+* ``random``: ``finetune`` with ``group_by_length=False`` (batches of randomly shuffled examples).
+
+Goals: ``grouped`` within 1.2x of ``bare`` per example; ``random`` / ``grouped`` >= 1.5 on the
+log-normal set. Also the padding each batching adds (padded tokens / real tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._common import markdown_table, save
+from benchmarks.bench_extract import skewed_corpus
+from tunescope.data import Examples, get_task
+from tunescope.finetune import FinetuneConfig, finetune
+from tunescope.finetune.loop import _batches
+from tunescope.models import load_classifier
+
+
+def _fresh(model: str | None, device: str):
+    torch.manual_seed(0)
+    return load_classifier(model, num_labels=2, problem_type="single_label_classification", device=device)
+
+
+def bare_seconds(model: str | None, examples: Examples, config: FinetuneConfig, device: str) -> float:
+    """One epoch of forward, backward and AdamW over pre-tokenised, pre-padded length-grouped batches."""
+    encoder = _fresh(model, device)
+    tok = encoder.tokenizer
+    ids = tok(list(examples.texts), truncation=True, max_length=config.max_length)["input_ids"]
+    batches = []
+    for idx in _batches([len(i) for i in ids], config, 1):
+        batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+        batch["labels"] = torch.as_tensor(examples.labels[idx])
+        batches.append({k: v.to(device) for k, v in batch.items()})
+    net = encoder.model
+    net.train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate)
+    start = time.perf_counter()
+    for batch in batches:
+        net(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def finetune_seconds(
+    model: str | None, examples: Examples, validation: Examples, config: FinetuneConfig, device: str
+) -> float:
+    """``finetune``'s recorded training seconds for one epoch (validation and export excluded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        start = _fresh(model, device)
+        result = finetune(
+            start,
+            None,
+            Path(tmp) / "m",
+            config=config,
+            train=examples,
+            validation=validation,
+            device=device,
+            progress=False,
+        )
+        return result.train_seconds
+
+
+def padding(lengths: list[int], config: FinetuneConfig) -> float:
+    """Tokens in the padded batches of epoch 1 over real tokens."""
+    batches = _batches(lengths, config, 1)
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches) / sum(lengths)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="320 training examples")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default=None, help="model folder (default: the embedded MiniLM)")
+    parser.add_argument("--train", type=int, default=1000)
+    args = parser.parse_args()
+    n = 320 if args.quick else args.train
+    task = get_task("movie-sentiment")
+    movie = task.load("train", limit=n)
+    validation = task.load("validation", limit=32)
+    words = " ".join(task.load("train").texts).split()
+    labels = np.random.default_rng(0).integers(0, 2, n)
+    skewed = Examples(skewed_corpus(words, n), None, labels, "lognormal", "train", ("negative", "positive"))
+    grouped = FinetuneConfig(epochs=1, learning_rate=5e-5, batch_size=32, max_length=128)
+    shuffled = dataclasses.replace(grouped, group_by_length=False)
+    tok = _fresh(args.model, "cpu").tokenizer
+    rows = []
+    for name, examples in (("movie", movie), ("lognormal", skewed)):
+        lengths = [len(i) for i in tok(list(examples.texts), truncation=True, max_length=128)["input_ids"]]
+        bare = bare_seconds(args.model, examples, grouped, args.device)
+        ours = finetune_seconds(args.model, examples, validation, grouped, args.device)
+        rand = finetune_seconds(args.model, examples, validation, shuffled, args.device)
+        rows.append(
+            {
+                "texts": f"{name} ({n}, {np.mean(lengths):.0f} tokens on average)",
+                "bare_ms_per_ex": 1000 * bare / n,
+                "grouped_ms_per_ex": 1000 * ours / n,
+                "random_ms_per_ex": 1000 * rand / n,
+                "grouped_over_bare": ours / bare,
+                "random_over_grouped": rand / ours,
+                "padding_grouped": padding(lengths, grouped),
+                "padding_random": padding(lengths, shuffled),
+            }
+        )
+        print(markdown_table(rows[-1:]), flush=True)
+    print("\ngoals: grouped_over_bare <= 1.2; random_over_grouped >= 1.5 on lognormal\n")
+    print(markdown_table(rows))
+    print("saved", save("bench_training", {"rows": rows, "n": n, "device": args.device}))
+
+
+if __name__ == "__main__":
+    main()
