@@ -237,7 +237,14 @@ def test_silver_cache_hit_does_not_run_spacy(tmp_path: Path, monkeypatch: pytest
 @needs_spacy_model
 @pytest.mark.parametrize(
     "damage",
-    [b"", b"{not json", b'{"words": [], "fields": {}}', b'{"words": [["a"]], "fields": {"pos": 3}}'],
+    [
+        b"",
+        b"{not json",
+        b'{"words": [], "fields": {}}',
+        b'{"words": [["a"]], "fields": {"pos": 3}}',
+        b'{"words": [["a"], ["b"], ["c"]], "fields": {"pos": {"tag_names": ["X"], "tags": [[1], [0], [0]]}}}',
+        b'{"words": [[1], ["b"], ["c"]], "fields": {"pos": {"tag_names": ["X"], "tags": [[0], [0], [0]]}}}',
+    ],
 )
 def test_damaged_silver_cache_is_tagged_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damage: bytes

@@ -115,7 +115,8 @@ def silver_tag_sets(
     With ``cache_dir``, the words and tags go to ``cache_dir/silver/<key>.json``, the key a hash of the
     texts, the model's name and version and spaCy's version; a later call with the same texts reads the
     fields it finds there without loading spaCy, tags only the missing ones, and adds them to the file.
-    An unreadable file is tagged again and rewritten.
+    An unreadable file (bad JSON, misaligned words and tags, a tag id outside the tag names) is tagged
+    again and rewritten.
 
     Args:
         texts: the texts to tag.
@@ -261,6 +262,12 @@ def _read_cache(path: Path, n_texts: int) -> tuple[list[list[str]] | None, _Tagg
             raise ValueError("words and tags are not aligned")
         if not set(tagged) <= set(SILVER_FIELDS):
             raise ValueError("unknown fields")
+        if not all(isinstance(w, str) for sentence in words for w in sentence):
+            raise ValueError("a word is not a string")
+        for names, tags in tagged.values():
+            n_names = len(names)
+            if not all(type(t) is int and 0 <= t < n_names for sentence in tags for t in sentence):
+                raise ValueError("a tag id is not an index into the tag names")
         return words, tagged
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         logger.warning("silver tag cache %s is unreadable (%s); tagging again", path, err)
