@@ -53,6 +53,7 @@ bench: install $(BENCH)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_head_pruning
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_intervals
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_replay
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_probes_stage
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_training
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.bench_analyze
 
