@@ -40,7 +40,7 @@ from tunescope.inference import predictions
 from tunescope.models import load_classifier, load_encoder
 from tunescope.replay import Variant, replay_predictions
 from tunescope.stages import ablation
-from tunescope.surgery import reinit_layers, restore_layers, truncate
+from tunescope.surgery import truncate
 
 
 def once(fn: Callable[[], Any]) -> tuple[float, float, Any]:
@@ -83,17 +83,8 @@ def main() -> None:
             r.predictions for r in replay_predictions(tuned, examples, [Variant(k) for k in keeps], **options)
         ]
 
-    def old_ablations() -> list[Any]:
-        found = []
-        for kind, layers in plan:
-            if kind == "none":
-                model = tuned
-            elif kind == "reinit":
-                model = reinit_layers(tuned, layers, seed=0)
-            else:
-                model = restore_layers(tuned, base, layers)
-            found.append(predictions(model, examples, **options))
-        return found
+    def old_ablations() -> list[Any]:  # the stage's own one-model-at-a-time path (what ALBERT takes)
+        return ablation._one_by_one(tuned, base, examples, plan, seed=0, progress=False, **options)
 
     def new_ablations() -> list[Any]:
         return ablation._replayed(tuned, base, examples, plan, seed=0, **options)
