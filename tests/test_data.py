@@ -142,6 +142,21 @@ def test_builtin_loads_are_deterministic(builtin_splits: dict) -> None:
     np.testing.assert_array_equal(again.labels, builtin_splits["movie-sentiment", "validation"].labels)
 
 
+def test_repeated_vader_loads_are_read_once_and_independent() -> None:
+    """A run loads the same split many times: the file is read once, and each caller owns its copy."""
+    builtin_tasks._vader_splits.cache_clear()
+    task = get_task("amazon-sentiment")
+    first = task.load("validation")
+    first.texts.append("changed by the caller")  # (labels are a read-only array)
+    second = task.load("validation")
+    assert builtin_tasks._vader_splits.cache_info().misses == 1
+    assert builtin_tasks._vader_splits.cache_info().hits == 1
+    assert second.texts[-1] != "changed by the caller" and len(second.texts) == len(first.texts) - 1
+    builtin_tasks._vader_splits.cache_clear()  # a fresh read gives the same split
+    third = task.load("validation")
+    assert third.texts == second.texts and (third.labels == second.labels).all()
+
+
 def test_split_of_is_a_pure_function_of_the_text() -> None:
     # pinned: these would change if the split scheme (salt, hash, fractions) ever changed
     assert builtin_tasks.split_of("A gorgeous, witty, seductive movie.") == "train"

@@ -18,6 +18,7 @@ SHA-256 does not depend on the Python version, ``PYTHONHASHSEED`` or numpy's ran
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -88,18 +89,29 @@ def split_of(text: str) -> str:
     return SPLITS[-1]
 
 
-def _make_split(texts: Sequence[str], labels: Sequence[int], split: str, task: Task, domain: str) -> Examples:
+def _split_rows(
+    texts: Sequence[str], labels: Sequence[int], split: str
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The texts of ``split`` and their labels, ordered by the SHA-256 of the text."""
     chosen = [(t, y) for t, y in zip(texts, labels, strict=True) if split_of(t) == split]
     chosen.sort(key=lambda item: _sha256(item[0]))
+    return tuple(t for t, _ in chosen), tuple(y for _, y in chosen)
+
+
+def _examples(texts: Sequence[str], labels: Sequence[int], split: str, task: Task, domain: str) -> Examples:
     return Examples(
-        texts=[t for t, _ in chosen],
+        texts=list(texts),
         text_pairs=None,
-        labels=np.array([y for _, y in chosen], dtype=np.int64),
+        labels=np.array(labels, dtype=np.int64),
         task=task.name,
         split=split,
         label_names=task.label_names,
         domain=domain,
     )
+
+
+def _make_split(texts: Sequence[str], labels: Sequence[int], split: str, task: Task, domain: str) -> Examples:
+    return _examples(*_split_rows(texts, labels, split), split, task, domain)
 
 
 def read_vader(filename: str) -> list[tuple[str, float]]:
@@ -150,16 +162,28 @@ class VaderSource:
 
     def load(self, task: Task, split: str, *, data_dir: Path | None, limit: int | None) -> Examples:
         """Load one split (``data_dir`` and ``limit`` are not needed: the data ships with tunescope)."""
-        texts: list[str] = []
-        labels: list[int] = []
-        for text, rating in read_vader(self.filename):
-            if rating > self.threshold:
-                texts.append(text)
-                labels.append(1)
-            elif rating < -self.threshold:
-                texts.append(text)
-                labels.append(0)
-        return _make_split(texts, labels, split, task, self.domain)
+        texts, labels = _vader_splits(self.filename, self.threshold)[split]
+        return _examples(texts, labels, split, task, self.domain)
+
+
+@functools.lru_cache(maxsize=16)
+def _vader_splits(filename: str, threshold: float) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Every split of one VADER file as ``(texts, labels)``, in split order; read and split once per process.
+
+    A run loads the same splits many times (each stage, each experiment, the reuse checks), and reading,
+    labelling and hashing every text took about half a second each time. The result is immutable, so
+    each caller still gets its own `Examples`. A damaged file raises, and nothing is cached.
+    """
+    texts: list[str] = []
+    labels: list[int] = []
+    for text, rating in read_vader(filename):
+        if rating > threshold:
+            texts.append(text)
+            labels.append(1)
+        elif rating < -threshold:
+            texts.append(text)
+            labels.append(0)
+    return {split: _split_rows(texts, labels, split) for split in SPLITS}
 
 
 def bbc_folder() -> Path:
