@@ -89,13 +89,20 @@ def split_of(text: str) -> str:
     return SPLITS[-1]
 
 
-def _split_rows(
-    texts: Sequence[str], labels: Sequence[int], split: str
-) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """The texts of ``split`` and their labels, ordered by the SHA-256 of the text."""
-    chosen = [(t, y) for t, y in zip(texts, labels, strict=True) if split_of(t) == split]
-    chosen.sort(key=lambda item: _sha256(item[0]))
-    return tuple(t for t, _ in chosen), tuple(y for _, y in chosen)
+Rows = tuple[tuple[str, ...], tuple[int, ...]]
+"""One split's ``(texts, labels)``."""
+
+
+def _partition(texts: Sequence[str], labels: Sequence[int]) -> dict[str, Rows]:
+    """Every split's texts and labels (one split_of per text), each ordered by the SHA-256 of the text."""
+    chosen: dict[str, list[tuple[str, int]]] = {split: [] for split in SPLITS}
+    for text, label in zip(texts, labels, strict=True):
+        chosen[split_of(text)].append((text, label))
+    out = {}
+    for split, rows in chosen.items():
+        rows.sort(key=lambda item: _sha256(item[0]))
+        out[split] = (tuple(t for t, _ in rows), tuple(y for _, y in rows))
+    return out
 
 
 def _examples(texts: Sequence[str], labels: Sequence[int], split: str, task: Task, domain: str) -> Examples:
@@ -111,7 +118,7 @@ def _examples(texts: Sequence[str], labels: Sequence[int], split: str, task: Tas
 
 
 def _make_split(texts: Sequence[str], labels: Sequence[int], split: str, task: Task, domain: str) -> Examples:
-    return _examples(*_split_rows(texts, labels, split), split, task, domain)
+    return _examples(*_partition(texts, labels)[split], split, task, domain)
 
 
 def read_vader(filename: str) -> list[tuple[str, float]]:
@@ -167,7 +174,7 @@ class VaderSource:
 
 
 @functools.lru_cache(maxsize=16)
-def _vader_splits(filename: str, threshold: float) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+def _vader_splits(filename: str, threshold: float) -> dict[str, Rows]:
     """Every split of one VADER file as ``(texts, labels)``, in split order; read and split once per process.
 
     A run loads the same splits many times (each stage, each experiment, the reuse checks), and reading,
@@ -183,7 +190,7 @@ def _vader_splits(filename: str, threshold: float) -> dict[str, tuple[tuple[str,
         elif rating < -threshold:
             texts.append(text)
             labels.append(0)
-    return {split: _split_rows(texts, labels, split) for split in SPLITS}
+    return _partition(texts, labels)
 
 
 def bbc_folder() -> Path:
