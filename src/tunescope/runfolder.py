@@ -14,7 +14,8 @@ so. Layout (DESIGN.md)::
 
     RUN/manifest.json   config, config digest, versions, model fingerprints, stage status and tables
     RUN/models/         models the run fine-tuned
-    RUN/cache/          extraction cache (safetensors, content-addressed, reusable across runs)
+    RUN/cache/          extraction cache (safetensors, content-addressed, reusable across runs), and
+                        ``cache/report/``: the sections the last report drew, reused while unchanged
     RUN/results/*.csv   tidy tables
     RUN/figures/*.png   drawn by the report from the tables
     RUN/report.html     self-contained

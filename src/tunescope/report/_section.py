@@ -20,6 +20,7 @@ class Section:
     def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
         self.root, self.manifest = root, manifest
         self.figures: dict[str, bytes] = {}  # written by the report once every section is built
+        self.read: dict[str, dict[str, Any] | None] = {}  # table -> its manifest record, as asked for
 
     @property
     def confidence(self) -> float:
@@ -39,6 +40,8 @@ class Section:
         Raises:
             RunFolderError: the table is damaged (its bytes differ from the hash in the manifest).
         """
+        record = runfolder.vouched_tables(self.manifest).get(name)
+        self.read[name] = None if record is None else dict(record)
         rows = runfolder.load_table(self.root, name, self.manifest)
         config = self.manifest.get("config", {})
         if not all_seeds and len({row.get("seed") for row in rows}) > 1:

@@ -11,6 +11,7 @@ from typing import Any
 from tunescope import runfolder
 from tunescope._io import write_bytes, write_text
 from tunescope.pipeline import STAGES, Stage, ordered
+from tunescope.report import _reuse
 from tunescope.report._section import Section
 
 __all__ = ["build_report"]
@@ -21,7 +22,9 @@ def build_report(run_dir: str | Path) -> Path:
 
     Only tables the manifest vouches for are shown (:func:`tunescope.runfolder.vouched_tables`); a stage
     that ran but wrote only empty tables gets a section saying so instead of silently vanishing. Figures
-    of sections no longer shown are removed from ``RUN/figures``.
+    of sections no longer shown are removed from ``RUN/figures``. A section whose tables, configuration
+    and drawing code are those of the previous build is taken from ``RUN/cache/report`` instead of being
+    drawn again (:mod:`tunescope.report._reuse`).
 
     Raises:
         RunFolderError: ``run_dir`` is not a run folder, or a table it vouches for is damaged.
@@ -48,7 +51,15 @@ def build_report(run_dir: str | Path) -> Path:
         stage = STAGES[name]
         status = manifest.get("stages", {}).get(name, {})
         build, template = _section_of(stage)
-        content = build(sec) if build is not None else None
+        content: dict[str, Any] | None
+        html: str | None
+        if build is None:
+            content, html = None, None
+        elif (kept := _reuse.load(root, name, manifest, vouched)) is not None:
+            sec.figures.update(kept["figures"])
+            content, html = ({} if kept["content"] else None), kept["html"]
+        else:
+            content, html = _draw(sec, env, name, build, template)
         if content is None:
             content = _empty(status, vouched)
         if content is None:
@@ -61,8 +72,8 @@ def build_report(run_dir: str | Path) -> Path:
             "seeds": _seed_spreads(sec, status),
             **content,
         }
-        if "empty" not in content and template is not None:
-            section["html"] = markupsafe.Markup(env.from_string(template).render(section=section))
+        if "empty" not in content and html is not None:
+            section["html"] = markupsafe.Markup(html)
         sections.append(section)
     html = env.get_template("report.html.j2").render(manifest=manifest, sections=sections)
     figures = root / "figures"
@@ -76,6 +87,20 @@ def build_report(run_dir: str | Path) -> Path:
     path = root / "report.html"
     write_text(path, html)
     return path
+
+
+def _draw(
+    sec: Section, env: Any, name: str, build: Any, template: str | None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Run a section builder and render its template; keep the result for the next build."""
+    sec.read, before = {}, set(sec.figures)
+    content = build(sec)
+    html = None
+    if content is not None and template is not None:
+        html = str(env.from_string(template).render(section=content))
+    drawn = {figure: data for figure, data in sec.figures.items() if figure not in before}
+    _reuse.store(sec.root, name, sec.manifest, sec.read, content is not None, html, drawn)
+    return content, html
 
 
 def _seed_spreads(sec: Section, status: dict[str, Any]) -> list[dict[str, Any]]:
