@@ -10,7 +10,8 @@ gradients. In the same process it then measures the two unit costs on the same m
 * ``f``: seconds per example of a bare forward over the analysis texts (tuned model, pre-tokenised,
   length-sorted batches, ``inference_mode``);
 * ``t``: seconds per example of a bare training loop (pre-tokenised, length-grouped batches, forward,
-  backward, AdamW) over training snippets (:func:`benchmarks.bench_training.bare_seconds`).
+  backward, AdamW) over training snippets (:func:`benchmarks.bench_training.bare_seconds`), in the
+  precision the run's models trained in (``--precision``; ``auto`` is bf16 on a CPU with AVX512-BF16).
 
 A stage's floor is the passes it cannot avoid times those costs (``N`` analysis examples, ``L`` layers,
 ``E`` epochs a model trained, ``n`` its training and ``v`` its validation examples):
@@ -50,7 +51,7 @@ from benchmarks._common import markdown_table, save
 from benchmarks.bench_training import bare_seconds
 from tunescope import pipeline
 from tunescope.data import get_task
-from tunescope.finetune import FinetuneConfig
+from tunescope.finetune import FinetuneConfig, resolve_precision
 from tunescope.models import load_classifier, load_encoder
 
 INFERENCE = ("layers", "truncation", "ablation", "probes", "variability", "domains")
@@ -135,7 +136,8 @@ def unit_costs(out: Path, config: pipeline.AnalyzeConfig, device: str) -> dict[s
     # as many snippets as an experiment trains on: over a few batches, first-step costs inflate ``t``
     train = task.load("train", limit=config.experiment_train_limit or 2000)
     lengths = tok(list(train.texts), truncation=True, max_length=128)["input_ids"]
-    recipe = FinetuneConfig(batch_size=size, max_length=config.max_length or 128)
+    precision = resolve_precision(config.precision, device)  # the bare loop trains as the run's models did
+    recipe = FinetuneConfig(batch_size=size, max_length=config.max_length or 128, precision=precision)
     training = bare_seconds(config.model, train, recipe, device)
     from tunescope.finetune.loop import _batches
 

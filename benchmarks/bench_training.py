@@ -21,6 +21,10 @@ Three ways to train each set, side by side in one process, from the same weights
 
 Goals: ``grouped`` within 1.2x of ``bare`` per example; ``random`` / ``grouped`` >= 1.5 on the
 log-normal set. Also the padding each batching adds (padded tokens / real tokens).
+
+Where the device computes bfloat16 natively (``resolve_precision("auto", device) == "bf16"``), it then
+times ``finetune`` on both sets in float32 and with ``precision="bf16"`` (the ``analyze`` default
+there), and the bf16 bare loop, and reports the ratios.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 from benchmarks._common import markdown_table, save
 from benchmarks.bench_extract import skewed_corpus
 from tunescope.data import Examples, get_task
-from tunescope.finetune import FinetuneConfig, finetune
+from tunescope.finetune import FinetuneConfig, finetune, resolve_precision
 from tunescope.finetune.loop import _batches
 from tunescope.models import load_classifier
 
@@ -48,7 +52,11 @@ def _fresh(model: str | None, device: str):
 
 
 def bare_seconds(model: str | None, examples: Examples, config: FinetuneConfig, device: str) -> float:
-    """One epoch of forward, backward and AdamW over pre-tokenised, pre-padded length-grouped batches."""
+    """One epoch of forward, backward and AdamW over pre-tokenised, pre-padded length-grouped batches.
+
+    With ``config.precision == "bf16"`` the forward pass and loss run under bfloat16 autocast, as
+    :func:`tunescope.finetune.finetune` trains then.
+    """
     encoder = _fresh(model, device)
     tok = encoder.tokenizer
     ids = tok(list(examples.texts), truncation=True, max_length=config.max_length)["input_ids"]
@@ -61,8 +69,11 @@ def bare_seconds(model: str | None, examples: Examples, config: FinetuneConfig, 
     net.train()
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate)
     start = time.perf_counter()
+    bf16 = config.precision == "bf16"
     for batch in batches:
-        net(**batch).loss.backward()
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            loss = net(**batch).loss
+        loss.float().backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     if device.startswith("cuda"):
@@ -133,7 +144,26 @@ def main() -> None:
         print(markdown_table(rows[-1:]), flush=True)
     print("\ngoals: grouped_over_bare <= 1.2; random_over_grouped >= 1.5 on lognormal\n")
     print(markdown_table(rows))
-    print("saved", save("bench_training", {"rows": rows, "n": n, "device": args.device}))
+    precisions = []
+    if resolve_precision("auto", args.device) == "bf16":  # only where bf16 is native; emulated it is slow
+        bf16 = dataclasses.replace(grouped, precision="bf16")
+        for name, examples in (("movie", movie), ("lognormal", skewed)):
+            fp32_s = finetune_seconds(args.model, examples, validation, grouped, args.device)
+            bf16_s = finetune_seconds(args.model, examples, validation, bf16, args.device)
+            bare_bf16 = bare_seconds(args.model, examples, bf16, args.device)
+            precisions.append(
+                {
+                    "texts": name,
+                    "fp32_ms_per_ex": 1000 * fp32_s / n,
+                    "bf16_ms_per_ex": 1000 * bf16_s / n,
+                    "fp32_over_bf16": fp32_s / bf16_s,
+                    "bf16_over_bare_bf16": bf16_s / bare_bf16,
+                }
+            )
+        print("\nfine-tuning precision (--precision fp32 vs bf16, both length-grouped):\n")
+        print(markdown_table(precisions))
+    payload = {"rows": rows, "precision": precisions, "n": n, "device": args.device}
+    print("saved", save("bench_training", payload))
 
 
 if __name__ == "__main__":

@@ -691,3 +691,60 @@ def test_features_of_one_vocabulary_follow_each_tokenizers_model_inputs():
     assert "token_type_ids" in features(bert, examples, 16)[0]
     assert "token_type_ids" not in features(without, examples, 16)[0]
     assert "token_type_ids" in features(bert, examples, 16)[0]
+
+
+# --- precision ----------------------------------------------------------------------------------
+def test_bf16_trains_under_autocast_with_float32_weights_and_learns(tmp_path, monkeypatch):
+    seen = []
+    original = ft._train_epoch
+
+    def watching(model, *args, **kwargs):
+        handle = model.register_forward_hook(
+            lambda m, a, out: seen.append((torch.is_autocast_enabled("cpu"), out.logits.dtype))
+        )
+        try:
+            return original(model, *args, **kwargs)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(ft, "_train_epoch", watching)
+    result = _run(tmp_path, "bf16", epochs=3, precision="bf16")
+    assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)
+    assert result.config.precision == "bf16" and result.best_value > 0.9
+    weights = load_file(str(result.path / "model.safetensors"))
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    seen.clear()
+    fp32 = _run(tmp_path, "fp32", epochs=1)
+    assert seen and not any(on for on, _ in seen) and {d for _, d in seen} == {torch.float32}
+    assert fp32.config.precision == "fp32"
+
+
+def test_bf16_training_is_reproducible_and_resumes(tmp_path):
+    first, second = (_run(tmp_path, name, epochs=2, seed=3, precision="bf16") for name in ("a", "b"))
+    assert [h["train_loss"] for h in first.history] == [h["train_loss"] for h in second.history]
+    again = _run(tmp_path, "a", epochs=2, seed=3, precision="bf16")  # the finished run, found on disk
+    assert again.history == first.history
+
+
+def test_auto_precision_is_resolved_from_the_hardware_and_keys_the_run(tmp_path, monkeypatch):
+    from tunescope.finetune import resolve_precision
+    from tunescope.finetune.record import _run_key
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"  # asked for by name: used even where emulated
+    plain = _run(tmp_path, "plain", epochs=1)
+    auto = _run(tmp_path, "plain", epochs=1, precision="auto")  # the same run: reused, not retrained
+    assert auto.config.precision == "fp32" and auto.history == plain.history
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("auto", "meta") == "fp32"
+    labels = type("L", (), {"kind": "sequence", "regression": False, "names": ("n", "p"), "metrics": ["a"]})
+    data = sentiment(4, 0, "train")
+    keys = {p: _run_key(FinetuneConfig(precision=p), labels, "f", data, data) for p in ("fp32", "bf16")}
+    assert keys["fp32"] != keys["bf16"]
+    with pytest.raises(UnknownNameError, match="fp16"):
+        FinetuneConfig(precision="fp16")  # type: ignore[arg-type]
+    with pytest.raises(UnknownNameError, match="fp16"):
+        resolve_precision("fp16", "cpu")

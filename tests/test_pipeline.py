@@ -306,6 +306,7 @@ def test_default_analyze_on_embedded_model(tmp_path, one_thread):
         train_limit=128,
         epochs=1,  # the goldens' fixed configuration, whatever the demo's fine-tuning defaults
         patience=None,
+        precision="fp32",  # the same numbers on every CPU ("auto" is bf16 only where it is native)
         options={
             "probes": {"tasks": ("pos",)},
             "domains": {"ood_tasks": ("amazon-sentiment",)},
@@ -363,6 +364,7 @@ BAD_FIELDS = {
     "train_limit": 1,
     "experiment_train_limit": 1,
     "patience": 0,
+    "precision": "fp16",
     "seeds": (0, 0),
     "n_boot": 99,
     "confidence": 1.0,

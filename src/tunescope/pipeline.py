@@ -98,6 +98,11 @@ class AnalyzeConfig:
             ``limit`` validation examples) has not improved for ``patience`` epochs, ``epochs`` being
             the maximum, and keep the best epoch (None: train all ``epochs``; see
             :class:`~tunescope.finetune.FinetuneConfig`).
+        precision: the precision of every fine-tuning of the run (``fp32``, ``bf16`` or ``auto``: bf16
+            where the device computes bfloat16 natively, else fp32; see
+            :data:`tunescope.finetune.PRECISIONS`). Mixed precision keeps float32 weights and
+            optimiser state; extraction, evaluation, probes and head importance run in float32 either
+            way, so only the trained weights depend on it.
         options: each stage's own options, by stage name: an instance of the stage's options dataclass
             or a mapping of its fields (``{"variability": {"budget": 3}}``); stages left out keep their
             defaults. Read them with :meth:`options_for`; see :mod:`tunescope.options`.
@@ -126,6 +131,7 @@ class AnalyzeConfig:
     train_limit: int | None = None
     experiment_train_limit: int | None = 2000
     patience: int | None = 1
+    precision: str = "auto"
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -161,6 +167,12 @@ class AnalyzeConfig:
         if len(self.labels) != 2 or self.labels[0] == self.labels[1]:
             raise InputError(f"labels must name the two models differently, got {self.labels!r}")
         resolve_device(self.device)
+        from tunescope.finetune.config import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise UnknownNameError(
+                "training precision", str(self.precision), PRECISIONS, hint="fix --precision"
+            )
         if self.seeds is not None:
             seeds = tuple(self.seeds)
             if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):

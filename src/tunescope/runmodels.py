@@ -46,6 +46,7 @@ class RunTraining:
             "max_length": self.config.max_length or 128,
             "seed": self.config.seed,
             "patience": self.config.patience,
+            "precision": self.config.precision,
         }
         return FinetuneConfig(**{**settings, **changes})
 

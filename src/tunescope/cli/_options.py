@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 
 Device = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for everything random.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Fine-tuning precision: fp32, bf16 (bfloat16 autocast, float32 weights and optimiser) or auto "
+        "(bf16 where the device computes it natively: CUDA with bf16, a CPU with AVX512-BF16 or AMX). "
+        "Every measurement runs in float32.",
+    ),
+]
 Task = Annotated[str | None, typer.Option("--task", "-t", help="Task name (see `tunescope tasks`).")]
 DataDir = Annotated[
     Path | None, typer.Option("--data-dir", help="Local folder with GLUE-style TSV files for the task.")

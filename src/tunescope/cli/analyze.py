@@ -62,6 +62,7 @@ def analyze(
             "(--epochs: the most; N >= --epochs never stops early).",
         ),
     ] = 1,
+    precision: opt.Precision = "auto",
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -120,6 +121,7 @@ def analyze(
         "train_limit": train_limit or None,
         "experiment_train_limit": experiment_train_limit or None,
         "patience": patience,
+        "precision": precision,
         "device": device,
         "seed": seed,
         "seeds": _seeds(seeds) if seeds is not None else None,

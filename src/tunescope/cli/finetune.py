@@ -55,6 +55,7 @@ def finetune(
             help="Batch examples of similar length together (less padding) or shuffle them at random.",
         ),
     ] = True,
+    precision: opt.Precision = "fp32",
     train_limit: Annotated[
         int | None, typer.Option("--train-limit", min=0, help="Use the first N training examples (0 = all).")
     ] = None,
@@ -138,6 +139,7 @@ def finetune(
         keep_best=keep_best,
         patience=patience,
         group_by_length=group_by_length,
+        precision=precision,  # type: ignore[arg-type]  # checked against PRECISIONS
     )
     tokens = _token_data(
         conllu=conllu,

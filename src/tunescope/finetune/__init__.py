@@ -65,6 +65,7 @@ The package, by job: :mod:`~tunescope.finetune.config` (:class:`FinetuneConfig` 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -74,7 +75,14 @@ import torch
 from tunescope.data.examples import Examples
 from tunescope.data.task import Task
 from tunescope.data.tokens import TokenExamples
-from tunescope.finetune.config import ADAPTER_METHODS, FinetuneConfig, FinetuneResult, _check_config
+from tunescope.finetune.config import (
+    ADAPTER_METHODS,
+    PRECISIONS,
+    FinetuneConfig,
+    FinetuneResult,
+    _check_config,
+    resolve_precision,
+)
 from tunescope.finetune.labels import _checked_data, _resolve_task
 from tunescope.finetune.loop import _rng_scope, _rows, _train
 from tunescope.finetune.model import _check_model, _prepare_model, _trainable_model
@@ -90,7 +98,14 @@ from tunescope.finetune.loop import _train_epoch as _train_epoch  # isort: skip
 from tunescope.finetune.loop import _validate as _validate  # isort: skip
 from tunescope.finetune.loop import _write_checkpoint as _write_checkpoint  # isort: skip
 
-__all__ = ["ADAPTER_METHODS", "FinetuneConfig", "FinetuneResult", "finetune"]
+__all__ = [
+    "ADAPTER_METHODS",
+    "PRECISIONS",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "finetune",
+    "resolve_precision",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +176,8 @@ def finetune(
 
     torch_device = resolve_device(device)
     _check_config(config)
+    resolved = resolve_precision(config.precision, torch_device)
+    config = dataclasses.replace(config, precision=resolved)  # type: ignore[arg-type]  # fp32 or bf16
     task_obj = _resolve_task(task)
     train_ex, val_ex, labels = _checked_data(
         task_obj, train, validation, data_dir, train_limit, validation_limit

@@ -11,12 +11,48 @@ from typing import Any, Literal
 
 from tunescope.errors import InputError, MissingExtraError, UnknownNameError
 
-__all__ = ["ADAPTER_METHODS", "FinetuneConfig", "FinetuneResult"]
+__all__ = ["ADAPTER_METHODS", "PRECISIONS", "FinetuneConfig", "FinetuneResult", "resolve_precision"]
 
 ADAPTER_METHODS: dict[str, str] = {
     "lora": "LoRA (Hu et al., 2022): trainable low-rank updates B A on frozen linears, via peft",
 }
 """Parameter-efficient methods :attr:`FinetuneConfig.adapter` accepts, with what each does."""
+
+
+PRECISIONS: dict[str, str] = {
+    "fp32": "every operation in float32",
+    "bf16": "forward and loss under bfloat16 autocast (matrix products in bfloat16, reductions, softmax "
+    "and LayerNorm in float32); weights, gradients and AdamW state stay float32",
+    "auto": "bf16 where the device computes bfloat16 natively (CUDA with bf16 support; a CPU with "
+    "AVX512-BF16 or AMX), else fp32",
+}
+"""Training precisions :attr:`FinetuneConfig.precision` accepts, with what each does."""
+
+
+def resolve_precision(precision: str, device: Any) -> str:
+    """``"fp32"`` or ``"bf16"``: what ``precision`` means on ``device`` (``"auto"`` asks the hardware).
+
+    Raises:
+        UnknownNameError: ``precision`` is not one of :data:`PRECISIONS`.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UnknownNameError("training precision", str(precision), PRECISIONS, hint="fix --precision")
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cuda":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    elif kind == "cpu":
+        cpu = torch.cpu
+        native = any(
+            bool(getattr(cpu, check, lambda: False)())
+            for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        )
+    else:
+        native = False
+    return "bf16" if native else "fp32"
 
 
 def _layer_tuple(value: Any, name: str) -> tuple[int, ...] | None:
@@ -78,6 +114,11 @@ class FinetuneConfig:
             batch that does not fit in memory fails at once). ``False``: batches of randomly shuffled
             examples. Either way every example is seen once per epoch, in an order that depends only
             on ``(seed, epoch)``.
+        precision: ``"fp32"``, ``"bf16"`` (mixed precision: the forward pass and loss under bfloat16
+            autocast, float32 weights, gradients and optimiser state) or ``"auto"`` (bf16 where the
+            device computes bfloat16 natively, else fp32); see :data:`PRECISIONS`. :func:`finetune`
+            resolves ``"auto"`` before training, so a result's config names what ran. Validation
+            and everything tunescope measures afterwards run in float32 either way.
     """
 
     epochs: int = 1
@@ -98,6 +139,7 @@ class FinetuneConfig:
     max_grad_norm: float = 1.0
     patience: int | None = None
     group_by_length: bool = True
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_layers", _layer_tuple(self.train_layers, "train_layers"))
@@ -120,6 +162,10 @@ class FinetuneConfig:
         if self.classifier_layer is not None and int(self.classifier_layer) < 1:
             raise InputError(
                 f"classifier_layer must be a transformer layer (>= 1), got {self.classifier_layer}"
+            )
+        if self.precision not in PRECISIONS:
+            raise UnknownNameError(
+                "training precision", str(self.precision), PRECISIONS, hint="fix --precision"
             )
         if self.adapter is not None and self.adapter not in ADAPTER_METHODS:
             raise UnknownNameError("adapter", str(self.adapter), ADAPTER_METHODS)

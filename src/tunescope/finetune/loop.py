@@ -129,10 +129,12 @@ def _train_epoch(
     total, seen = 0.0, 0
     batches = _batches([len(row["input_ids"]) for row in rows], config, epoch)
     description = f"epoch {epoch}/{config.epochs}"
+    bf16 = config.precision == "bf16"
     for idx in track(batches, total=len(batches), description=description, enabled=progress):
         batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
-        loss = model(**batch).loss
-        loss.backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.float().backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         scheduler.step()

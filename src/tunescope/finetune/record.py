@@ -44,6 +44,8 @@ def _run_key(
     options = dataclasses.asdict(config)
     if options["patience"] is None:  # options added later stay out of the key when unset,
         del options["patience"]  # so runs recorded before them keep their key and are reused
+    if options["precision"] == "fp32":
+        del options["precision"]
     payload = {
         "format": _FORMAT,
         "config": options,
