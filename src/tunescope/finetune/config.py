@@ -21,8 +21,9 @@ ADAPTER_METHODS: dict[str, str] = {
 
 PRECISIONS: dict[str, str] = {
     "fp32": "every operation in float32",
-    "bf16": "forward and loss under bfloat16 autocast (matrix products in bfloat16, reductions, softmax "
-    "and LayerNorm in float32); weights, gradients and AdamW state stay float32",
+    "bf16": "forward pass under bfloat16 autocast (matrix products in bfloat16, the loss in float32; the "
+    "rest as PyTorch's autocast op lists give for the device); weights, gradients and AdamW state stay "
+    "float32",
     "auto": "bf16 where the device computes bfloat16 natively (CUDA with bf16 support; a CPU with "
     "AVX512-BF16 or AMX), else fp32",
 }
