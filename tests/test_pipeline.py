@@ -298,7 +298,8 @@ def test_default_analyze_on_embedded_model(tmp_path, one_thread):
 
     The golden tables pin the results of a small fixed configuration, so that a restructuring can show it
     changed no number. ``TUNESCOPE_WRITE_GOLDEN=1`` rewrites them (only when a change of results is meant).
-    Timings (``*seconds*`` and ``speedup`` columns) are left out; floats must agree to 1e-6 relative.
+    Timings (``*seconds*`` and ``speedup`` columns) are left out; floats must agree to 2e-5 relative or
+    1e-6 absolute (float32 rounding differs between CPUs; see ``_assert_cell``).
     """
     config = AnalyzeConfig(
         out=tmp_path / "demo",
@@ -343,7 +344,10 @@ def _assert_cell(got: str, want: str, where: str) -> None:
     except ValueError:
         assert got == want, where
         return
-    assert a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True), where
+    # float32 arithmetic: CPUs whose kernels differ (AVX2 / AVX-512) round differently. Measured between
+    # two VMs: at most 4e-6 relative (head importance, RSA after fine-tuning) and 6e-8 absolute on a
+    # difference of two values near 1 (a change 1 - CKA of 1.5e-4), so the bounds are 2e-5 and 1e-6
+    assert a == pytest.approx(b, rel=2e-5, abs=1e-6, nan_ok=True), where
 
 
 BAD_FIELDS = {
